@@ -1,0 +1,65 @@
+# One entry point for every set-up step. `make test` and `make demo` work on a fresh Debian
+# machine with Python 3.11+: they create what is missing and skip what is already there.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TRITON_VENV := .venv-triton
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PROTO_OUT := sidecar/_proto
+
+.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv clean
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Generated gRPC/protobuf modules come from proto/ at build time; never edit them by hand.
+$(PROTO_OUT)/.generated: $(VENV)/.installed $(wildcard proto/trafficsplit/v1/*.proto)
+	$(PY) tools/gen_proto.py
+	@touch $@
+
+proto: $(PROTO_OUT)/.generated
+
+deps: $(VENV)/.installed proto
+
+# Debian's redis-server, for the integration tests (they start their own on a free port).
+redis-server:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null
+
+# Triton's server binary ships in the nvidia-pytriton wheel; it pins numpy<2, so it gets its own
+# virtualenv rather than constraining the project's.
+$(TRITON_VENV)/.installed:
+	@[ -x $(TRITON_VENV)/bin/python ] || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' onnxruntime 'numpy<2'
+	@touch $@
+
+triton-venv: $(TRITON_VENV)/.installed
+
+test: deps redis-server triton-venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: deps
+	$(PY) -m sidecar.demo $(ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: deps redis-server triton-venv
+	$(PY) -m bench $(ARGS)
+
+bench-quick: deps redis-server triton-venv
+	$(PY) -m bench --quick $(ARGS)
+
+models: deps
+	$(PY) tools/build_models.py
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) $(PROTO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""trafficsplit sidecar: routes inference to model versions by feature-flag cohort."""

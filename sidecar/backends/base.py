@@ -1,0 +1,92 @@
+"""The seam between routing and the engines that run a model.
+
+Requests and responses are KServe-v2 protobuf messages (the ``service_pb2`` module that
+``tritonclient`` ships). Routing sets ``model_name``/``model_version`` on the request and hands it
+to a backend unchanged, so tensor payloads travel as the raw bytes the caller sent: the Triton
+backend forwards them as they are, and only the embedded engine decodes them because it must run
+the model itself.
+
+Every backend failure is a :class:`BackendError`; foreign exceptions (tritonclient's, onnxruntime's)
+are translated inside the adapter that calls them, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol, runtime_checkable
+
+from tritonclient.grpc import service_pb2 as kserve
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong, in terms routing can act on; mapped to gRPC codes in one place."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"  # the caller's fault: never retried
+    NOT_FOUND = "NOT_FOUND"  # unknown model, or a version that is not loaded
+    UNAVAILABLE = "UNAVAILABLE"  # engine down or unreachable, version not ready
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # message too large, queue full
+    INTERNAL = "INTERNAL"  # the engine failed while running the model
+
+
+# Failures of one version that another version may not share: worth one retry on the stable one.
+FALLBACK_KINDS = frozenset(
+    {ErrorKind.NOT_FOUND, ErrorKind.UNAVAILABLE, ErrorKind.DEADLINE_EXCEEDED, ErrorKind.INTERNAL}
+)
+
+
+class BackendError(Exception):
+    """A backend call failed; ``kind`` says how, ``backend`` names the engine for the message."""
+
+    def __init__(self, kind: ErrorKind, message: str, *, backend: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.backend = backend
+
+    @property
+    def fallback_eligible(self) -> bool:
+        return self.kind in FALLBACK_KINDS
+
+    def __str__(self) -> str:
+        return f"{self.backend}: {self.message}"
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """An engine serving a Triton-layout model repository (``<model>/<version>/...``)."""
+
+    @property
+    def name(self) -> str:
+        """Short engine name for logs, spans and error messages ("triton", "onnxruntime")."""
+        ...
+
+    async def start(self) -> None:
+        """Open channels / load sessions. Raises BackendError(UNAVAILABLE) if it cannot."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def server_ready(self) -> bool: ...
+
+    async def model_ready(self, model: str, version: str) -> bool:
+        """``version`` may be "" (the model's default/latest version)."""
+        ...
+
+    async def model_metadata(self, model: str, version: str) -> kserve.ModelMetadataResponse: ...
+
+    async def model_config(self, model: str, version: str) -> kserve.ModelConfigResponse: ...
+
+    async def infer(
+        self,
+        request: kserve.ModelInferRequest,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> kserve.ModelInferResponse:
+        """Run ``request`` on ``request.model_name``/``request.model_version``.
+
+        ``timeout`` is the caller's remaining deadline in seconds (None = no deadline);
+        ``metadata`` is extra outgoing metadata (W3C trace context) for remote engines.
+        """
+        ...
