@@ -1,0 +1,101 @@
+"""Redis clients from a URL: plain, AUTH/ACL user, TLS (``rediss://``) and Sentinel.
+
+``redis://[user:password@]host:port/db``, ``rediss://...?ssl_ca_certs=/path/ca.pem`` and
+``redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/db]`` (``rediss+sentinel``
+for TLS to the master; ``?sentinel_password=`` when the sentinels need their own password).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelTarget:
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    sentinel_password: str | None
+    tls: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a sentinel URL: {url!r}")
+    netloc = parts.netloc.rsplit("@", 1)
+    credentials, hostlist = (netloc[0], netloc[1]) if len(netloc) == 2 else ("", netloc[0])
+    username, _, password = credentials.partition(":")
+    hosts = []
+    for item in hostlist.split(","):
+        host, _, port = item.partition(":")
+        hosts.append((host, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a sentinel URL needs the master name: redis+sentinel://h:26379/mymaster")
+    query = parse_qs(parts.query)
+    return SentinelTarget(
+        hosts=tuple(hosts),
+        service=path[0],
+        db=int(path[1]) if len(path) > 1 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        sentinel_password=query.get("sentinel_password", [None])[0],
+        tls=parts.scheme.startswith("rediss"),
+    )
+
+
+def _common(timeout: float) -> dict[str, Any]:
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "decode_responses": False}
+
+
+def sync_client(url: str, *, timeout: float = 2.0) -> redis.Redis:
+    """A blocking client (for ``flagctl`` and tools)."""
+    if url.startswith(SENTINEL_SCHEMES):
+        t = parse_sentinel_url(url)
+        sentinel = Sentinel(
+            list(t.hosts),
+            sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
+            **_common(timeout),
+        )
+        return sentinel.master_for(
+            t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
+        )
+    return redis.Redis.from_url(url, **_common(timeout))
+
+
+def async_client(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
+    """An asyncio client (for the sidecar's flag source)."""
+    if url.startswith(SENTINEL_SCHEMES):
+        t = parse_sentinel_url(url)
+        sentinel = AsyncSentinel(
+            list(t.hosts),
+            sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
+            **_common(timeout),
+        )
+        return sentinel.master_for(
+            t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
+        )
+    return aioredis.Redis.from_url(url, **_common(timeout))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = credentials.partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}").geturl()

@@ -1,0 +1,311 @@
+"""The flag document: what ops write as JSON (by hand or with ``flagctl``), validated here.
+
+Validation happens once, at the boundary (a source loading a document, ``flagctl`` writing one);
+:mod:`flags.compiled` then turns a valid :class:`FlagSpec` into lookup tables for the hot path.
+The format is documented with a full example in ``docs/flags.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from flags.errors import FlagValidationError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Scalar = Union[bool, int, float, str]  # noqa: UP007 (pydantic needs the runtime Union here)
+Percent = Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)]
+SPLIT_TOLERANCE = 1e-6
+
+Operator = Literal["eq", "ne", "in", "not_in", "lt", "lte", "gt", "gte"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class Target(_Strict):
+    """What a variant serves: a model name and version, plus optional request parameters."""
+
+    model: NonEmptyStr
+    version: NonEmptyStr
+    parameters: dict[NonEmptyStr, Scalar] = Field(default_factory=dict)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: Any) -> Any:
+        # Triton versions are integers; accept 2 as well as "2" but store text.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return value
+
+
+class Condition(_Strict):
+    """``attribute <op> value``; a missing attribute never matches (whatever the operator)."""
+
+    attribute: NonEmptyStr
+    op: Operator
+    value: Scalar | list[Scalar]
+
+    @model_validator(mode="after")
+    def _value_fits_operator(self) -> Condition:
+        is_list = isinstance(self.value, list)
+        if self.op in ("in", "not_in") and not is_list:
+            raise ValueError(f'operator {self.op!r} needs a list value, e.g. ["a", "b"]')
+        if self.op not in ("in", "not_in") and is_list:
+            raise ValueError(f"operator {self.op!r} needs a single value, not a list")
+        if self.op in ("lt", "lte", "gt", "gte") and isinstance(self.value, bool):
+            raise ValueError(f"operator {self.op!r} needs a number or a string, not a boolean")
+        return self
+
+
+class AllOf(_Strict):
+    all: list[ConditionNode] = Field(min_length=1)
+
+
+class AnyOf(_Strict):
+    any: list[ConditionNode] = Field(min_length=1)
+
+
+class NotOf(_Strict):
+    not_: ConditionNode = Field(alias="not")
+
+
+def _condition_kind(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return {AllOf: "all", AnyOf: "any", NotOf: "not"}.get(type(value), "condition")
+    if isinstance(value, Mapping):
+        for kind in ("all", "any", "not"):
+            if kind in value:
+                return kind
+    return "condition"
+
+
+ConditionNode = Annotated[
+    Annotated[Condition, Tag("condition")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[NotOf, Tag("not")],
+    Discriminator(_condition_kind),
+]
+
+
+def _check_split(split: Mapping[str, float]) -> None:
+    if not split:
+        raise ValueError("must name at least one variant")
+    total = sum(split.values())
+    if abs(total - 100.0) > SPLIT_TOLERANCE:
+        raise ValueError(f"percentages must add up to 100 (they add up to {total:g})")
+
+
+Split = dict[Name, Percent]
+
+
+class Rule(_Strict):
+    """A targeting rule: ``users`` (allow-list) and/or ``when``; serves one variant or a split."""
+
+    name: Name | None = None
+    users: list[NonEmptyStr] | None = Field(default=None, min_length=1)
+    when: ConditionNode | None = None
+    serve: Name | None = None
+    split: Split | None = None
+
+    @model_validator(mode="after")
+    def _one_matcher_one_outcome(self) -> Rule:
+        if self.users is None and self.when is None:
+            raise ValueError("a rule needs `users` (an allow-list) or `when` (a condition)")
+        if (self.serve is None) == (self.split is None):
+            raise ValueError("a rule needs exactly one of `serve` (a variant) or `split`")
+        if self.split is not None:
+            _check_split(self.split)
+        return self
+
+
+class Allocation(_Strict):
+    """Everyone no rule matched: ``coverage`` % are in the experiment, divided by ``split``."""
+
+    coverage: Percent = 100.0
+    split: Split
+
+    @field_validator("split")
+    @classmethod
+    def _split_adds_up(cls, split: Split) -> Split:
+        _check_split(split)
+        return split
+
+
+class Ramp(_Strict):
+    """A rollout schedule, advanced by the rollout controller while guardrails hold."""
+
+    variant: Name
+    steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(min_length=1)
+    hold_seconds: Annotated[float, Field(ge=0)] = 600.0
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must strictly increase, e.g. [1, 5, 20, 50, 100]")
+        return steps
+
+
+class Shadow(_Strict):
+    """Mirror a sample of requests to another variant without serving its answer."""
+
+    variant: Name
+    percent: Percent
+    max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 8
+
+
+class Guardrails(_Strict):
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.01
+    max_p99_latency_ratio: Annotated[float, Field(gt=1)] | None = 1.5
+    window_seconds: Annotated[float, Field(gt=0)] = 300.0
+    min_requests: Annotated[int, Field(ge=0)] = 100
+
+
+class FlagSpec(_Strict):
+    """One flag, keyed by the model name apps ask for."""
+
+    key: Name
+    description: str = ""
+    enabled: bool = True
+    revision: Annotated[int, Field(ge=0)] = 0
+    salt: Annotated[str, StringConstraints(max_length=256)] = ""
+    variants: dict[Name, Target] = Field(min_length=1)
+    default_variant: Name
+    rules: list[Rule] = Field(default_factory=list)
+    allocation: Allocation | None = None
+    allow_version_pinning: bool = True
+    ramp: Ramp | None = None
+    shadow: Shadow | None = None
+    guardrails: Guardrails | None = None
+    updated_at: str | None = None
+    updated_by: str | None = None
+
+    @model_validator(mode="after")
+    def _variants_exist(self) -> FlagSpec:
+        issues = list(self._unknown_variant_issues())
+        if issues:
+            raise ValueError("; ".join(issues))
+        return self
+
+    def _unknown_variant_issues(self) -> list[str]:
+        known = set(self.variants)
+        hint = f"(variants: {', '.join(sorted(known))})"
+        refs: list[tuple[str, str]] = [("default_variant", self.default_variant)]
+        for i, rule in enumerate(self.rules):
+            if rule.serve is not None:
+                refs.append((f"rules.{i}.serve", rule.serve))
+            refs += [(f"rules.{i}.split.{name}", name) for name in rule.split or {}]
+        if self.allocation is not None:
+            refs += [(f"allocation.split.{name}", name) for name in self.allocation.split]
+        for section in ("ramp", "shadow"):
+            part = getattr(self, section)
+            if part is not None:
+                refs.append((f"{section}.variant", part.variant))
+        issues = [
+            f"{path}: unknown variant {name!r} {hint}" for path, name in refs if name not in known
+        ]
+        if self.ramp is not None and self.ramp.variant == self.default_variant:
+            issues.append("ramp.variant: ramp a candidate, not the default variant")
+        if self.shadow is not None and self.shadow.variant == self.default_variant:
+            issues.append(
+                "shadow.variant: shadowing the default variant would compare it with itself"
+            )
+        return issues
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON-ready dict, in the documented field names (``not`` rather than ``not_``)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_document(), sort_keys=False, separators=(",", ":"))
+
+
+AllOf.model_rebuild()
+AnyOf.model_rebuild()
+NotOf.model_rebuild()
+Rule.model_rebuild()
+
+_FRIENDLY = {
+    "missing": "is required",
+    "string_too_short": "must be a non-empty string",
+    "extra_forbidden": "is not a known field (check the spelling)",
+    "string_pattern_mismatch": "must be a name of letters, digits, '_', '.', '-' (max 128)",
+}
+
+
+def _format_issue(error: Mapping[str, Any]) -> str:
+    # Pydantic's location holds the discriminator tags too ("condition", "all"): drop them.
+    tags = {"condition", "all", "any", "not", "not_"}
+    parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in tags)]
+    if error["loc"] and error["loc"][-1] in ("all", "any", "not"):
+        parts.append(str(error["loc"][-1]))
+    path = ".".join(parts) or "(document)"
+    message = _FRIENDLY.get(error["type"]) or str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def parse_flag(document: Mapping[str, Any] | str | bytes, *, key: str | None = None) -> FlagSpec:
+    """Validate one flag document; ``key`` (the Redis key / file entry) must match its ``key``.
+
+    Raises :class:`FlagValidationError` listing every problem with its field path.
+    """
+    data = _load(document, key=key)
+    if not isinstance(data, Mapping):
+        raise FlagValidationError(["(document): must be a JSON object"], key=key)
+    try:
+        spec = FlagSpec.model_validate(data)
+    except ValidationError as exc:
+        raise FlagValidationError([_format_issue(e) for e in exc.errors()], key=key) from exc
+    if key is not None and spec.key != key:
+        raise FlagValidationError([f"key: is {spec.key!r} but is stored as {key!r}"], key=key)
+    return spec
+
+
+def _load(document: Mapping[str, Any] | str | bytes, *, key: str | None) -> Any:
+    if isinstance(document, Mapping):
+        return document
+    try:
+        return json.loads(document, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FlagValidationError([f"(document): not valid JSON ({exc})"], key=key) from exc
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed in a flag")
+
+
+def load_flag_file_text(text: str, *, filename: str = "") -> list[dict[str, Any]]:
+    """Parse a JSON or YAML file holding one flag, a list of flags, or ``{"flags": [...]}``."""
+    try:
+        data = json.loads(text) if filename.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise FlagValidationError([f"(file): not valid JSON/YAML ({exc})"]) from exc
+    if isinstance(data, Mapping) and "flags" in data and "key" not in data:
+        data = data["flags"]
+        if isinstance(data, Mapping):
+            data = [{"key": k, **v} if isinstance(v, Mapping) else v for k, v in data.items()]
+    if isinstance(data, Mapping):
+        data = [data]
+    if not isinstance(data, list) or not all(isinstance(d, Mapping) for d in data):
+        raise FlagValidationError(["(file): expected a flag object or a list of flag objects"])
+    return [dict(d) for d in data]
