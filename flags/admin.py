@@ -28,7 +28,7 @@ from flags.errors import (
     StoreUnavailableError,
 )
 from flags.mutations import diff, with_revision
-from flags.redis_conn import redact
+from flags.redis_conn import as_bytes, as_text, redact
 from flags.redis_keys import RedisKeys
 from flags.schema import FlagSpec, parse_flag
 
@@ -125,13 +125,15 @@ class FlagAdmin:
             return StoreUnavailableError(f"{self._url}: permission denied by Redis ACL ({exc})")
         return StoreUnavailableError(f"cannot reach Redis at {self._url}: {exc}")
 
-    def list(self) -> list[StoredFlag]:
+    def list_flags(self) -> list[StoredFlag]:
         try:
-            keys = sorted(k.decode() for k in self._client.smembers(self._keys.index))
+            keys = sorted(as_text(k) for k in self._client.smembers(self._keys.index))
             values = self._client.mget([self._keys.flag(k) for k in keys]) if keys else []
         except RedisError as exc:
             raise self._fail(exc) from exc
-        return [self._stored(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
+        return [
+            self._stored(k, as_bytes(v)) for k, v in zip(keys, values, strict=True) if v is not None
+        ]
 
     def get(self, key: str) -> StoredFlag:
         try:
@@ -140,7 +142,7 @@ class FlagAdmin:
             raise self._fail(exc) from exc
         if raw is None:
             raise FlagNotFoundError(key)
-        return self._stored(key, raw)
+        return self._stored(key, as_bytes(raw))
 
     def get_valid(self, key: str) -> tuple[StoredFlag, FlagSpec]:
         stored = self.get(key)
@@ -231,13 +233,13 @@ class FlagAdmin:
     def audit(self, key: str, *, limit: int = 20) -> list[AuditEntry]:
         """Newest first."""
         try:
-            rows = self._client.xrevrange(self._keys.audit(key), count=limit)
+            rows = self._client.xrevrange(self._keys.audit(key), count=limit) or []
         except RedisError as exc:
             raise self._fail(exc) from exc
         return [
             AuditEntry(
-                entry_id.decode(),
-                {k.decode(): v.decode(errors="replace") for k, v in fields.items()},
+                as_text(entry_id or b""),
+                {as_text(k): as_text(v) for k, v in (fields or {}).items()},
             )
             for entry_id, fields in rows
         ]

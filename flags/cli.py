@@ -150,11 +150,12 @@ def validate(file: str, as_json: bool) -> None:
 def apply(ctx: Context, file: str, reason: str, force: bool, as_json: bool) -> None:
     """Validate FILE, then write its flags (compare-and-set on each revision)."""
     written = [ctx.admin.apply(spec, reason=reason, force=force) for spec in _read_file(file)]
-    emit(
-        as_json,
-        [{"flag": s.key, "revision": s.revision} for s in written],
-        lambda: [out.print(f"applied {s.key} revision {s.revision}") for s in written],
-    )
+
+    def human() -> None:
+        for spec in written:
+            out.print(f"applied {spec.key} revision {spec.revision}")
+
+    emit(as_json, [{"flag": s.key, "revision": s.revision} for s in written], human)
 
 
 def _split_text(spec: FlagSpec) -> str:
@@ -169,7 +170,7 @@ def _split_text(spec: FlagSpec) -> str:
 @pass_ctx
 def list_flags(ctx: Context, as_json: bool) -> None:
     """All flags with their state and split."""
-    flags = ctx.admin.list()
+    flags = ctx.admin.list_flags()
 
     def row(f: StoredFlag) -> dict[str, Any]:
         if f.spec is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 from flags.evaluation import AttributeValue
 from flags.schema import AllOf, AnyOf, Condition, ConditionNode, NotOf, Scalar
@@ -98,6 +99,6 @@ def _compile_leaf(cond: Condition) -> Predicate:
         value = actual(attrs)
         if value is _MISSING or value is None:
             return False
-        return bool(compare(value, target))
+        return bool(compare(cast(Any, value), cast(Any, target)))
 
     return ordered

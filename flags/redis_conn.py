@@ -8,7 +8,7 @@ for TLS to the master; ``?sentinel_password=`` when the sentinels need their own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -65,14 +65,15 @@ def sync_client(url: str, *, timeout: float = 2.0) -> redis.Redis:
     """A blocking client (for ``flagctl`` and tools)."""
     if url.startswith(SENTINEL_SCHEMES):
         t = parse_sentinel_url(url)
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(t.hosts),
             sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
             **_common(timeout),
         )
-        return sentinel.master_for(
+        master = sentinel.master_for(  # type: ignore[no-untyped-call]
             t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
         )
+        return cast(redis.Redis, master)
     return redis.Redis.from_url(url, **_common(timeout))
 
 
@@ -80,13 +81,16 @@ def async_client(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
     """An asyncio client (for the sidecar's flag source)."""
     if url.startswith(SENTINEL_SCHEMES):
         t = parse_sentinel_url(url)
-        sentinel = AsyncSentinel(
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
             list(t.hosts),
             sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
             **_common(timeout),
         )
-        return sentinel.master_for(
-            t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
+        return cast(
+            aioredis.Redis,
+            sentinel.master_for(
+                t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
+            ),
         )
     return aioredis.Redis.from_url(url, **_common(timeout))
 
@@ -99,3 +103,12 @@ def redact(url: str) -> str:
     credentials, host = parts.netloc.rsplit("@", 1)
     user = credentials.partition(":")[0]
     return parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}").geturl()
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """redis-py is typed as returning bytes or str; with decode_responses=False it is bytes."""
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -7,6 +7,7 @@ The format is documented with a full example in ``docs/flags.md``.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
@@ -160,7 +161,7 @@ class Ramp(_Strict):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(steps)):
             raise ValueError("steps must strictly increase, e.g. [1, 5, 20, 50, 100]")
         return steps
 

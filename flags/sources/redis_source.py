@@ -19,7 +19,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from flags.redis_conn import async_client, redact
+from flags.redis_conn import as_text, async_client, redact
 from flags.redis_keys import RedisKeys
 from flags.store import FlagStore
 
@@ -100,10 +100,10 @@ class RedisFlagSource:
                     next_reconcile = time.monotonic() + self._reconcile_interval
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _resync(self, client: aioredis.Redis) -> None:
-        keys = sorted(k.decode() for k in await client.smembers(self._keys.index))
+        keys = sorted(as_text(k) for k in await client.smembers(self._keys.index))
         values = await client.mget([self._keys.flag(k) for k in keys]) if keys else []
         self._store.sync(dict(zip(keys, values, strict=True)), complete=True)
         self.resyncs += 1
