@@ -259,10 +259,11 @@ def _format_issue(error: Mapping[str, Any]) -> str:
     parts = [str(p) for p in error["loc"] if not (isinstance(p, str) and p in tags)]
     if error["loc"] and error["loc"][-1] in ("all", "any", "not"):
         parts.append(str(error["loc"][-1]))
-    path = ".".join(parts) or "(document)"
     message = _FRIENDLY.get(error["type"]) or str(error["msg"])
     message = message.removeprefix("Value error, ")
-    return f"{path}: {message}"
+    if not parts and error["type"] == "value_error":
+        return message  # cross-field checks already name their own paths
+    return f"{'.'.join(parts) or '(document)'}: {message}"
 
 
 def parse_flag(document: Mapping[str, Any] | str | bytes, *, key: str | None = None) -> FlagSpec:
@@ -276,7 +277,8 @@ def parse_flag(document: Mapping[str, Any] | str | bytes, *, key: str | None = N
     try:
         spec = FlagSpec.model_validate(data)
     except ValidationError as exc:
-        raise FlagValidationError([_format_issue(e) for e in exc.errors()], key=key) from exc
+        issues = [line for e in exc.errors() for line in _format_issue(e).split("; ")]
+        raise FlagValidationError(issues, key=key) from exc
     if key is not None and spec.key != key:
         raise FlagValidationError([f"key: is {spec.key!r} but is stored as {key!r}"], key=key)
     return spec

@@ -38,7 +38,9 @@ def wait_until(
             if value:
                 return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}: {last_error}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or condition}: {last_error}"
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
@@ -76,8 +78,20 @@ class RedisServer:
 
     def start(self, *, timeout: float = 15.0) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), *self.extra_args]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            *self.extra_args,
+        ]
         log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115 (lives with proc)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()

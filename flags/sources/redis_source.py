@@ -86,8 +86,8 @@ class RedisFlagSource:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self._keys.channel)
-            await self._resync(client)
-            self._store.mark_fresh()
+            if await self._resync(client):
+                self._store.mark_fresh()
             self._first_sync.set()
             next_reconcile = time.monotonic() + self._reconcile_interval
             while True:
@@ -96,17 +96,26 @@ class RedisFlagSource:
                 if message is not None and message.get("type") == "message":
                     await self._on_hint(client, message["data"])
                 if time.monotonic() >= next_reconcile:
-                    await self._resync(client)
+                    if await self._resync(client):
+                        self._store.mark_fresh()
                     next_reconcile = time.monotonic() + self._reconcile_interval
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _resync(self, client: aioredis.Redis) -> None:
+    async def _resync(self, client: aioredis.Redis) -> bool:
+        """Load every flag. False (and the store marked stale) when Redis came back empty."""
         keys = sorted(as_text(k) for k in await client.smembers(self._keys.index))
+        self.resyncs += 1
+        if not keys and len(self._store.snapshot) > 0:
+            # An empty index while we hold flags is almost always a Redis restarted without its
+            # data or a failover to an empty replica, not ops deleting every flag. Dropping them
+            # would route every request to whatever the app asked for, so keep the last good.
+            self._store.mark_stale(f"redis {self.description} has no flags; keeping last good")
+            return False
         values = await client.mget([self._keys.flag(k) for k in keys]) if keys else []
         self._store.sync(dict(zip(keys, values, strict=True)), complete=True)
-        self.resyncs += 1
+        return True
 
     async def _on_hint(self, client: aioredis.Redis, data: bytes) -> None:
         try:
@@ -116,3 +125,5 @@ class RedisFlagSource:
             return
         raw = await client.get(self._keys.flag(key))
         self._store.sync({key: raw}, complete=False)
+        if raw is not None:
+            self._store.mark_fresh()

@@ -16,7 +16,9 @@ from conftest import ROOT, digits_flag
 from flags import CompiledFlag, ErrorCode, Reason, Snapshot, Subject, evaluate, parse_flag
 from flags.hashing import bucket, coverage_hash, split_hash
 
-VECTORS = json.loads((Path(__file__).parent.parent / "fixtures" / "assignment_vectors.json").read_text())
+VECTORS = json.loads(
+    (Path(__file__).parent.parent / "fixtures" / "assignment_vectors.json").read_text()
+)
 
 
 def compiled(doc: dict[str, Any]) -> CompiledFlag:
@@ -32,7 +34,10 @@ def test_published_vectors(case: dict[str, Any]) -> None:
     flags = {f["key"]: compiled(f) for f in VECTORS["flags"]}
     assert split_hash(case["salt"], case["flag"], case["user"]) == case["split_hash"]
     assert bucket(case["split_hash"]) == case["split_bucket_ppm"]
-    assert bucket(coverage_hash(case["salt"], case["flag"], case["user"])) == case["coverage_bucket_ppm"]
+    assert (
+        bucket(coverage_hash(case["salt"], case["flag"], case["user"]))
+        == case["coverage_bucket_ppm"]
+    )
     resolution = evaluate(flags, case["flag"], Subject(case["user"], case["attributes"]))
     assert (resolution.variant, str(resolution.reason)) == (case["variant"], case["reason"])
 
@@ -64,8 +69,15 @@ def test_assignment_is_identical_in_another_process() -> None:
         f"print(json.dumps([evaluate(s, 'digits', Subject(u)).variant for u in {users!r}]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}  # str hashing differs; ours must not
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True, timeout=60).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert json.loads(out) == here
 
 
@@ -76,21 +88,44 @@ def test_disabled_flag_serves_default_and_exposes_nobody() -> None:
 
 def test_allow_list_wins_over_split() -> None:
     r = evaluate(snapshot_of(digits_flag()), "digits", Subject("alice@example.com"))
-    assert (r.variant, r.reason, r.rule, r.exposed) == ("candidate", Reason.TARGETING_MATCH, "dogfood", True)
+    assert (r.variant, r.reason, r.rule, r.exposed) == (
+        "candidate",
+        Reason.TARGETING_MATCH,
+        "dogfood",
+        True,
+    )
 
 
 def test_rules_are_tried_in_order_first_match_wins() -> None:
-    doc = digits_flag(rules=[
-        {"name": "first", "when": {"attribute": "tier", "op": "eq", "value": "pro"}, "serve": "control"},
-        {"name": "second", "when": {"attribute": "tier", "op": "eq", "value": "pro"}, "serve": "candidate"},
-    ])
+    doc = digits_flag(
+        rules=[
+            {
+                "name": "first",
+                "when": {"attribute": "tier", "op": "eq", "value": "pro"},
+                "serve": "control",
+            },
+            {
+                "name": "second",
+                "when": {"attribute": "tier", "op": "eq", "value": "pro"},
+                "serve": "candidate",
+            },
+        ]
+    )
     r = evaluate(snapshot_of(doc), "digits", Subject("x", {"tier": "pro"}))
     assert (r.variant, r.rule) == ("control", "first")
 
 
 def test_rule_with_its_own_split_divides_matching_users() -> None:
-    doc = digits_flag(rules=[{"name": "pro", "when": {"attribute": "tier", "op": "eq", "value": "pro"},
-                              "split": {"control": 50, "candidate": 50}}], allocation=None)
+    doc = digits_flag(
+        rules=[
+            {
+                "name": "pro",
+                "when": {"attribute": "tier", "op": "eq", "value": "pro"},
+                "split": {"control": 50, "candidate": 50},
+            }
+        ],
+        allocation=None,
+    )
     snap = snapshot_of(doc)
     got = [evaluate(snap, "digits", Subject(f"p{i}", {"tier": "pro"})) for i in range(4000)]
     share = sum(r.variant == "candidate" for r in got) / len(got)
@@ -113,31 +148,65 @@ CONDITIONS = [
     ({"attribute": "tenure_days", "op": "lt", "value": 3}, {"tenure_days": "2"}, True),
     ({"attribute": "tenure_days", "op": "lt", "value": 3}, {"tenure_days": "3"}, False),
     ({"attribute": "tenure_days", "op": "lte", "value": 3}, {"tenure_days": 3}, True),
-    ({"attribute": "tenure_days", "op": "gt", "value": 3}, {"tenure_days": "10"}, True),  # 10 > 3 numerically
+    (
+        {"attribute": "tenure_days", "op": "gt", "value": 3},
+        {"tenure_days": "10"},
+        True,
+    ),  # 10 > 3 numerically
     ({"attribute": "tenure_days", "op": "gte", "value": 3.5}, {"tenure_days": "3.4"}, False),
     ({"attribute": "tenure_days", "op": "gt", "value": 3}, {"tenure_days": "lots"}, False),
     ({"attribute": "country", "op": "in", "value": [1, 2]}, {"country": "2"}, True),
     ({"attribute": "beta", "op": "eq", "value": True}, {"beta": "true"}, True),
     ({"attribute": "version", "op": "gte", "value": "2026-01"}, {"version": "2026-03"}, True),
-    ({"all": [{"attribute": "a", "op": "eq", "value": "1"}, {"attribute": "b", "op": "eq", "value": "2"}]},
-     {"a": "1", "b": "2"}, True),
-    ({"all": [{"attribute": "a", "op": "eq", "value": "1"}, {"attribute": "b", "op": "eq", "value": "2"}]},
-     {"a": "1", "b": "3"}, False),
-    ({"any": [{"attribute": "a", "op": "eq", "value": "1"}, {"attribute": "b", "op": "eq", "value": "2"}]},
-     {"b": "2"}, True),
+    (
+        {
+            "all": [
+                {"attribute": "a", "op": "eq", "value": "1"},
+                {"attribute": "b", "op": "eq", "value": "2"},
+            ]
+        },
+        {"a": "1", "b": "2"},
+        True,
+    ),
+    (
+        {
+            "all": [
+                {"attribute": "a", "op": "eq", "value": "1"},
+                {"attribute": "b", "op": "eq", "value": "2"},
+            ]
+        },
+        {"a": "1", "b": "3"},
+        False,
+    ),
+    (
+        {
+            "any": [
+                {"attribute": "a", "op": "eq", "value": "1"},
+                {"attribute": "b", "op": "eq", "value": "2"},
+            ]
+        },
+        {"b": "2"},
+        True,
+    ),
     ({"not": {"attribute": "a", "op": "eq", "value": "1"}}, {"a": "2"}, True),
 ]
 
 
 @pytest.mark.parametrize(("condition", "attributes", "matches"), CONDITIONS)
-def test_condition_operators(condition: dict[str, Any], attributes: dict[str, Any], matches: bool) -> None:
-    doc = digits_flag(rules=[{"name": "r", "when": condition, "serve": "candidate"}], allocation=None)
+def test_condition_operators(
+    condition: dict[str, Any], attributes: dict[str, Any], matches: bool
+) -> None:
+    doc = digits_flag(
+        rules=[{"name": "r", "when": condition, "serve": "candidate"}], allocation=None
+    )
     r = evaluate(snapshot_of(doc), "digits", Subject("someone", attributes))
     assert (r.rule == "r") is matches
 
 
 def test_coverage_zero_keeps_everyone_out_of_the_experiment() -> None:
-    doc = digits_flag(rules=[], allocation={"coverage": 0, "split": {"control": 50, "candidate": 50}})
+    doc = digits_flag(
+        rules=[], allocation={"coverage": 0, "split": {"control": 50, "candidate": 50}}
+    )
     snap = snapshot_of(doc)
     got = [evaluate(snap, "digits", Subject(f"u{i}")) for i in range(500)]
     assert {(r.variant, r.reason, r.exposed) for r in got} == {("control", Reason.DEFAULT, False)}
@@ -151,11 +220,17 @@ def test_unknown_flag_is_an_error_without_a_variant() -> None:
 
 def test_missing_user_id_serves_default_with_an_error_code() -> None:
     r = evaluate(snapshot_of(digits_flag()), "digits", Subject(""))
-    assert (r.variant, r.reason, r.error_code) == ("control", Reason.ERROR, ErrorCode.TARGETING_KEY_MISSING)
+    assert (r.variant, r.reason, r.error_code) == (
+        "control",
+        Reason.ERROR,
+        ErrorCode.TARGETING_KEY_MISSING,
+    )
 
 
 def test_evaluation_never_raises_on_unorderable_attributes() -> None:
-    doc = digits_flag(rules=[{"when": {"attribute": "v", "op": "gt", "value": "a"}, "serve": "candidate"}])
+    doc = digits_flag(
+        rules=[{"when": {"attribute": "v", "op": "gt", "value": "a"}, "serve": "candidate"}]
+    )
     r = evaluate(snapshot_of(doc), "digits", Subject("u", {"v": object()}))  # type: ignore[dict-item]
     assert r.variant in {"control", "candidate"}
 

@@ -16,8 +16,14 @@ percents = st.floats(min_value=0, max_value=100, allow_nan=False).map(lambda p: 
 
 
 def flag(candidate: float, coverage: float = 100.0, **extra: Any) -> CompiledFlag:
-    doc = digits_flag(rules=[], allocation={"coverage": coverage, "split": {
-        "control": round(100 - candidate, 4), "candidate": candidate}}, **extra)
+    doc = digits_flag(
+        rules=[],
+        allocation={
+            "coverage": coverage,
+            "split": {"control": round(100 - candidate, 4), "candidate": candidate},
+        },
+        **extra,
+    )
     return CompiledFlag(parse_flag(doc))
 
 
@@ -44,7 +50,10 @@ def test_raising_the_candidate_share_never_moves_a_candidate_user_back(
 def test_ramp_command_is_monotonic_too(users: list[str], low: float, high: float) -> None:
     low, high = sorted((low, high))
     spec = parse_flag(digits_flag(rules=[]))
-    before, after = CompiledFlag(ramp(spec, "candidate", low)), CompiledFlag(ramp(spec, "candidate", high))
+    before, after = (
+        CompiledFlag(ramp(spec, "candidate", low)),
+        CompiledFlag(ramp(spec, "candidate", high)),
+    )
     for user in users:
         if before.resolve(Subject(user)).variant == "candidate":
             assert after.resolve(Subject(user)).variant == "candidate"
@@ -52,7 +61,9 @@ def test_ramp_command_is_monotonic_too(users: list[str], low: float, high: float
 
 @settings(max_examples=50)
 @given(users=st.lists(user_ids, min_size=1, max_size=200, unique=True), low=percents, high=percents)
-def test_raising_coverage_never_drops_an_included_user(users: list[str], low: float, high: float) -> None:
+def test_raising_coverage_never_drops_an_included_user(
+    users: list[str], low: float, high: float
+) -> None:
     low, high = sorted((low, high))
     before, after = flag(50, coverage=low), flag(50, coverage=high)
     for user in users:
@@ -73,10 +84,19 @@ def test_shares_over_100k_users_match_the_split(share: float) -> None:
 
 @settings(max_examples=30)
 @given(users=st.lists(user_ids, min_size=1, max_size=100, unique=True), other_share=percents)
-def test_changing_one_flag_never_moves_users_in_another(users: list[str], other_share: float) -> None:
+def test_changing_one_flag_never_moves_users_in_another(
+    users: list[str], other_share: float
+) -> None:
     digits = CompiledFlag(parse_flag(digits_flag(rules=[])))
-    ranker = lambda share: CompiledFlag(parse_flag(digits_flag(  # noqa: E731
-        key="ranker", rules=[], allocation={"split": {"control": 100 - share, "candidate": share}})))
+    ranker = lambda share: CompiledFlag(
+        parse_flag(
+            digits_flag(  # noqa: E731
+                key="ranker",
+                rules=[],
+                allocation={"split": {"control": 100 - share, "candidate": share}},
+            )
+        )
+    )
     before = {"digits": digits, "ranker": ranker(10)}
     after = {"digits": digits, "ranker": ranker(other_share)}
     for user in users:

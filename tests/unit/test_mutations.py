@@ -28,8 +28,10 @@ def test_ramp_keeps_shares_exact_at_fine_resolution() -> None:
 
 
 def test_ramp_keeps_other_candidates_share() -> None:
-    doc = digits_flag(variants={**digits_flag()["variants"], "mlp3": {"model": "digits", "version": "3"}},
-                      allocation={"split": {"control": 70, "candidate": 20, "mlp3": 10}})
+    doc = digits_flag(
+        variants={**digits_flag()["variants"], "mlp3": {"model": "digits", "version": "3"}},
+        allocation={"split": {"control": 70, "candidate": 20, "mlp3": 10}},
+    )
     ramped = ramp(parse_flag(doc), "candidate", 50)
     assert ramped.allocation is not None
     assert ramped.allocation.split == {"control": 40.0, "candidate": 50.0, "mlp3": 10.0}
@@ -42,18 +44,28 @@ def test_ramp_creates_an_allocation_when_there_is_none() -> None:
     assert ramped.allocation is not None and ramped.allocation.coverage == 100
 
 
-@pytest.mark.parametrize(("variant", "message"), [
-    ("nope", "has no variant 'nope' (variants: candidate, control)"),
-    ("control", "is the default variant"),
-])
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("nope", "has no variant 'nope' (variants: candidate, control)"),
+        ("control", "is the default variant"),
+    ],
+)
 def test_ramp_refuses_bad_variants(variant: str, message: str) -> None:
     with pytest.raises(VariantError, match=re.escape(message)):
         ramp(spec(), variant, 5)
 
 
 def test_rollback_turns_off_and_zeroes_every_split() -> None:
-    doc = digits_flag(rules=[{"name": "pro", "when": {"attribute": "tier", "op": "eq", "value": "pro"},
-                              "split": {"control": 50, "candidate": 50}}])
+    doc = digits_flag(
+        rules=[
+            {
+                "name": "pro",
+                "when": {"attribute": "tier", "op": "eq", "value": "pro"},
+                "split": {"control": 50, "candidate": 50},
+            }
+        ]
+    )
     rolled = rollback(parse_flag(doc))
     assert rolled.enabled is False
     assert rolled.allocation is not None and rolled.allocation.split["candidate"] == 0

@@ -52,8 +52,15 @@ def test_bundled_demo_flag_is_valid_and_round_trips() -> None:
 
 
 def test_integer_versions_are_accepted_as_text() -> None:
-    spec = parse_flag(digits_flag(variants={"control": {"model": "digits", "version": 1}}, rules=[],
-                                  allocation=None, ramp=None, shadow=None))
+    spec = parse_flag(
+        digits_flag(
+            variants={"control": {"model": "digits", "version": 1}},
+            rules=[],
+            allocation=None,
+            ramp=None,
+            shadow=None,
+        )
+    )
     assert spec.variants["control"].version == "1"
 
 
@@ -72,8 +79,14 @@ def test_every_issue_is_reported_not_just_the_first() -> None:
 
 
 def test_not_condition_serialises_with_its_documented_name() -> None:
-    doc = digits_flag(rules=[{"when": {"not": {"attribute": "tier", "op": "eq", "value": "free"}},
-                              "serve": "candidate"}])
+    doc = digits_flag(
+        rules=[
+            {
+                "when": {"not": {"attribute": "tier", "op": "eq", "value": "free"}},
+                "serve": "candidate",
+            }
+        ]
+    )
     assert '"not":' in parse_flag(doc).to_json()
 
 

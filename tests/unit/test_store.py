@@ -60,7 +60,10 @@ def test_listeners_hear_each_change_with_the_new_snapshot() -> None:
     store.sync({"digits": raw(revision=1)}, complete=True)
     store.sync({"digits": raw(revision=1)}, complete=True)  # unchanged: no event
     store.sync({"digits": raw(revision=2)}, complete=False)
-    assert [c for changes, _ in heard for c in changes] == [Change("digits", None, 1), Change("digits", 1, 2)]
+    assert [c for changes, _ in heard for c in changes] == [
+        Change("digits", None, 1),
+        Change("digits", 1, 2),
+    ]
     assert heard[-1][1]["digits"].revision == 2
 
 
