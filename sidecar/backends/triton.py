@@ -1,0 +1,191 @@
+"""The remote engine: a Triton Inference Server reached over KServe-v2 gRPC.
+
+This is a pass-through. ``infer`` hands the caller's ``ModelInferRequest`` to Triton unchanged
+through tritonclient's generated ``GRPCInferenceServiceStub`` on one long-lived ``grpc.aio``
+channel: tensors stay the raw bytes the caller sent, and no numpy arrays or ``InferInput`` objects
+are built, because decoding and re-encoding what is only passed on costs CPU and copies and can
+only lose information. tritonclient's high-level client is deliberately not used; it would do
+exactly that, and it reduces errors to strings.
+
+Every ``grpc.aio.AioRpcError`` is translated into a :class:`BackendError` here and nowhere else.
+Triton reports an unknown model or a version that is not loaded with several status codes
+(NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, depending on release and call), so the message text is
+inspected as well as the code.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import grpc  # type: ignore[import-untyped, unused-ignore]  # no stubs in the dev deps yet
+from tritonclient.grpc import service_pb2 as kserve
+from tritonclient.grpc import service_pb2_grpc
+
+from sidecar.backends.base import BackendError, ErrorKind
+
+logger = logging.getLogger("sidecar.backends.triton")
+
+ENGINE = "triton"
+MIB = 1024 * 1024
+# Triton's wording for "no such model/version", whatever status code it came with.
+_NOT_FOUND_TEXT = re.compile(
+    r"unknown model|version \S+ is not (?:at )?(?:ready|found)|is not found", re.I
+)
+# Readiness probes answer "no" instead of raising when these are the reason.
+_NOT_READY_KINDS = frozenset(
+    {ErrorKind.NOT_FOUND, ErrorKind.UNAVAILABLE, ErrorKind.DEADLINE_EXCEEDED}
+)
+
+
+class TritonBackend:
+    """:class:`~sidecar.backends.base.InferenceBackend` forwarding to Triton at ``url``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_message_bytes: int = 64 * MIB,
+        control_timeout_s: float = 5.0,
+    ) -> None:
+        """``url`` is ``host:port`` of Triton's gRPC endpoint; ``control_timeout_s`` bounds the
+        calls that carry no caller deadline (readiness, metadata, config)."""
+        self._url = url
+        self._max_message_bytes = max_message_bytes
+        self._control_timeout_s = control_timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: Any = None
+
+    @property
+    def name(self) -> str:
+        return ENGINE
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def start(self) -> None:
+        """Open the channel. It connects lazily and reconnects by itself, so a Triton that comes
+        up after the sidecar is fine; ``server_ready`` tells whether it is there yet."""
+        if self._channel is not None:
+            return
+        limit = self._max_message_bytes
+        self._channel = grpc.aio.insecure_channel(
+            self._url,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+        )
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def close(self) -> None:
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def server_ready(self) -> bool:
+        """False, not an error, when Triton is unreachable or not ready."""
+        try:
+            response = await self._call("ServerReady", kserve.ServerReadyRequest(), what="server")
+        except BackendError as exc:
+            if exc.kind not in _NOT_READY_KINDS:
+                raise
+            logger.debug("Triton at %s not ready: %s", self._url, exc)
+            return False
+        return bool(response.ready)
+
+    async def model_ready(self, model: str, version: str) -> bool:
+        """False, not an error, for a model or version that is unknown, loading or unreachable."""
+        request = kserve.ModelReadyRequest(name=model, version=version)
+        try:
+            response = await self._call("ModelReady", request, what=_describe(model, version))
+        except BackendError as exc:
+            if exc.kind not in _NOT_READY_KINDS:
+                raise
+            logger.debug("%s not ready on Triton at %s: %s", model, self._url, exc)
+            return False
+        return bool(response.ready)
+
+    async def model_metadata(self, model: str, version: str) -> kserve.ModelMetadataResponse:
+        request = kserve.ModelMetadataRequest(name=model, version=version)
+        return await self._call("ModelMetadata", request, what=_describe(model, version))
+
+    async def model_config(self, model: str, version: str) -> kserve.ModelConfigResponse:
+        request = kserve.ModelConfigRequest(name=model, version=version)
+        return await self._call("ModelConfig", request, what=_describe(model, version))
+
+    async def infer(
+        self,
+        request: kserve.ModelInferRequest,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> kserve.ModelInferResponse:
+        """Forward ``request`` as received; tensors stay raw bytes end to end."""
+        what = _describe(request.model_name, request.model_version)
+        return await self._call(
+            "ModelInfer", request, what=what, timeout=timeout, metadata=metadata
+        )
+
+    async def _call(
+        self,
+        method: str,
+        request: Any,
+        *,
+        what: str,
+        timeout: float | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> Any:
+        """One unary call with a deadline and metadata; gRPC errors become BackendErrors."""
+        if self._stub is None:
+            raise BackendError(
+                ErrorKind.UNAVAILABLE,
+                f"backend for Triton at {self._url} not started (call start() first)",
+                backend=ENGINE,
+            )
+        deadline = (
+            self._control_timeout_s if timeout is None and method != "ModelInfer" else timeout
+        )
+        try:
+            return await getattr(self._stub, method)(request, timeout=deadline, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise translate_error(exc, url=self._url, what=what, timeout=deadline) from exc
+
+
+def _describe(model: str, version: str) -> str:
+    return f"model {model!r} version {version!r}" if version else f"model {model!r}"
+
+
+def translate_error(
+    exc: grpc.aio.AioRpcError, *, url: str, what: str, timeout: float | None
+) -> BackendError:
+    """Map a failed Triton call onto an ErrorKind, keeping Triton's own words in the message."""
+    code = exc.code()
+    details = exc.details() or code.name
+    kind, message = _classify(code, details, url=url, what=what, timeout=timeout)
+    return BackendError(kind, message, backend=ENGINE)
+
+
+def _classify(
+    code: grpc.StatusCode, details: str, *, url: str, what: str, timeout: float | None
+) -> tuple[ErrorKind, str]:
+    # Checked before the codes: Triton sends "unknown model" as INVALID_ARGUMENT or UNAVAILABLE.
+    if code == grpc.StatusCode.NOT_FOUND or (
+        code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
+        and _NOT_FOUND_TEXT.search(details)
+    ):
+        return ErrorKind.NOT_FOUND, f"{what} is not available on Triton at {url}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ErrorKind.UNAVAILABLE, f"Triton at {url} is unavailable: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            ErrorKind.DEADLINE_EXCEEDED,
+            f"Triton at {url} did not answer for {what} within {timeout} s",
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ErrorKind.INVALID_ARGUMENT, f"Triton rejected the request for {what}: {details}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ErrorKind.RESOURCE_EXHAUSTED, f"Triton at {url} for {what}: {details}"
+    return ErrorKind.INTERNAL, f"Triton at {url} failed on {what} ({code.name}): {details}"
