@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -415,8 +416,9 @@ def audit(ctx: Context, flag: str, limit: int, as_json: bool) -> None:
 @cli.command()
 @click.option("--reconcile-interval", default=0.5, show_default=True, type=float)
 @click.option("--count", default=0, type=int, help="Exit after this many changes (0 = never).")
+@click.option("--timestamps", is_flag=True, help="Add applied_at (Unix time) to each line.")
 @pass_ctx
-def watch(ctx: Context, reconcile_interval: float, count: int) -> None:
+def watch(ctx: Context, reconcile_interval: float, count: int, timestamps: bool) -> None:
     """Follow flag changes as a sidecar sees them (one JSON line per applied change)."""
     from flags.snapshot import Snapshot
     from flags.sources.redis_source import RedisFlagSource
@@ -430,16 +432,14 @@ def watch(ctx: Context, reconcile_interval: float, count: int) -> None:
         def on_change(changes: list[Change], snapshot: Snapshot) -> None:
             nonlocal seen
             for change in changes:
-                click.echo(
-                    json.dumps(
-                        {
-                            "flag": change.key,
-                            "revision": change.new_revision,
-                            "previous": change.old_revision,
-                        }
-                    ),
-                    nl=True,
-                )
+                line: dict[str, Any] = {
+                    "flag": change.key,
+                    "revision": change.new_revision,
+                    "previous": change.old_revision,
+                }
+                if timestamps:
+                    line["applied_at"] = time.time()
+                click.echo(json.dumps(line))
                 seen += 1
             sys.stdout.flush()
             if count and seen >= count:

@@ -1,0 +1,1 @@
+"""trafficsplit benchmarks: each part measures baselines and trafficsplit in one run."""
