@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -151,6 +152,12 @@ class TritonInstall:
         return env
 
 
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def _pycache(directory: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__"]
 
@@ -176,6 +183,7 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._log_path: Path | None = None
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], TritonServer] | None = None
 
     @property
     def grpc_url(self) -> str:
@@ -217,6 +225,8 @@ class TritonServer:
                 cwd=workdir,
                 start_new_session=True,  # its own process group, so a stuck stub dies with it
             )
+        # Safety net: a server must not outlive this process even if nobody calls stop().
+        self._finalizer = weakref.finalize(self, _kill_group, self._process)
         try:
             self._wait_until_ready()
         except BaseException:
@@ -264,6 +274,9 @@ class TritonServer:
     def stop(self) -> None:
         """Terminate, wait, then kill the process group; idempotent."""
         process, self._process = self._process, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if process is not None and process.poll() is None:
             process.terminate()
             try:

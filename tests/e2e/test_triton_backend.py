@@ -13,7 +13,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as triton_grpc
-from triton_harness import TritonServer
+from triton_harness import (
+    TritonHarnessError,
+    TritonInstall,
+    TritonServer,
+    build_python_backend_repository,
+)
 from tritonclient.grpc import service_pb2 as kserve
 
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
@@ -253,3 +258,23 @@ def test_grpc_errors_are_translated_by_code_and_triton_wording(
     assert details in error.message or kind == "DEADLINE_EXCEEDED"
     if kind == "UNAVAILABLE":
         assert "triton:8001" in error.message
+
+
+def test_missing_triton_venv_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(TritonHarnessError, match=r"run `make triton-venv`"):
+        TritonInstall(tmp_path / "no-venv").check()
+
+
+def test_triton_that_cannot_load_the_model_fails_fast_with_its_log(
+    triton_install: TritonInstall, tmp_path: Path
+) -> None:
+    repository = build_python_backend_repository(tmp_path / "repository", versions=(1,))
+    config = repository / "digits" / "config.pbtxt"
+    config.write_text(config.read_text().replace(str(REPO), str(tmp_path / "no-models")))
+    server = TritonServer(repository, install=triton_install, ready_timeout_s=60)
+    try:
+        with pytest.raises(TritonHarnessError, match="exited") as caught:
+            server.start()
+    finally:
+        server.stop()
+    assert "no-models" in str(caught.value)  # the log tail came with the error
