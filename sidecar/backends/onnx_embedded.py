@@ -482,9 +482,9 @@ class OnnxEmbeddedBackend:
             for version in model.versions.values():
                 if version.batcher is not None:
                     await version.batcher.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True)  # lets in-flight runs finish
 
     async def server_ready(self) -> bool:
         return self._executor is not None
