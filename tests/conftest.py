@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
 from servers import RedisServer  # noqa: E402
+from support import digits_flag  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +36,6 @@ def fresh_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix of this test's own, so tests sharing one Redis never see each other."""
     return f"t-{request.node.name[:40]}-{id(request)}:"
-
-
-def digits_flag(**overrides: Any) -> dict[str, Any]:
-    """The demo flag: control = digits v1, candidate = digits v2."""
-    doc = json.loads((ROOT / "deploy" / "flags" / "digits.json").read_text())
-    doc.update(overrides)
-    return doc
 
 
 @pytest.fixture

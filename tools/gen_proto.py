@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def main() -> int:
         f"-I{include}",
         f"--python_out={OUT}",
         f"--grpc_python_out={OUT}",
+        f"--plugin=protoc-gen-mypy={Path(sys.executable).parent / 'protoc-gen-mypy'}",
         f"--mypy_out={OUT}",
         *protos,
     ]
@@ -32,12 +34,22 @@ def main() -> int:
     if rc != 0:
         print(f"protoc failed ({rc}) on {protos}", file=sys.stderr)
         return int(rc)
-    # protoc emits absolute imports ("from trafficsplit.v1 import ..."); make the package importable.
     for pkg in {p.parent for p in OUT.rglob("*_pb2.py")}:
         init = pkg / "__init__.py"
         if not init.exists():
             init.write_text("")
+    # protoc emits imports rooted at proto/ ("from trafficsplit.v1 import x_pb2"); generated code
+    # lives under sidecar._proto, so make them relative to the generated package.
+    for module in OUT.rglob("*_pb2*.py*"):
+        text = module.read_text()
+        fixed = re.sub(r"^from (trafficsplit\.[\w.]+) import", _relative, text, flags=re.M)
+        if fixed != text:
+            module.write_text(fixed)
     return 0
+
+
+def _relative(match: re.Match[str]) -> str:
+    return f"from sidecar._proto.{match.group(1)} import"
 
 
 if __name__ == "__main__":

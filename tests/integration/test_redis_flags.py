@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, digits_flag
 from servers import RedisServer
+from support import ROOT, digits_flag
 
 from flags import RevisionConflictError, StoreUnavailableError, Subject, evaluate, parse_flag
 from flags.admin import FlagAdmin

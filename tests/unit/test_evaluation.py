@@ -11,7 +11,7 @@ from typing import Any
 
 import mmh3
 import pytest
-from conftest import ROOT, digits_flag
+from support import ROOT, digits_flag
 
 from flags import CompiledFlag, ErrorCode, Reason, Snapshot, Subject, evaluate, parse_flag
 from flags.hashing import bucket, coverage_hash, split_hash
@@ -64,7 +64,7 @@ def test_assignment_is_identical_in_another_process() -> None:
     here = [evaluate(snapshot_of(digits_flag()), "digits", Subject(u)).variant for u in users]
     code = (
         "import json,sys; sys.path.insert(0, 'tests');"
-        "from conftest import digits_flag; from flags import *;"
+        "from support import digits_flag; from flags import *;"
         "s = Snapshot({'digits': CompiledFlag(parse_flag(digits_flag()))});"
         f"print(json.dumps([evaluate(s, 'digits', Subject(u)).variant for u in {users!r}]))"
     )

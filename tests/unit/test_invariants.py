@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import digits_flag
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import digits_flag
 
 from flags import CompiledFlag, Subject, evaluate, parse_flag
 from flags.mutations import ramp
@@ -88,15 +88,13 @@ def test_changing_one_flag_never_moves_users_in_another(
     users: list[str], other_share: float
 ) -> None:
     digits = CompiledFlag(parse_flag(digits_flag(rules=[])))
-    ranker = lambda share: CompiledFlag(
-        parse_flag(
-            digits_flag(  # noqa: E731
-                key="ranker",
-                rules=[],
-                allocation={"split": {"control": 100 - share, "candidate": share}},
-            )
+
+    def ranker(share: float) -> CompiledFlag:
+        split = {"control": 100 - share, "candidate": share}
+        return CompiledFlag(
+            parse_flag(digits_flag(key="ranker", rules=[], allocation={"split": split}))
         )
-    )
+
     before = {"digits": digits, "ranker": ranker(10)}
     after = {"digits": digits, "ranker": ranker(other_share)}
     for user in users:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import digits_flag
+from support import digits_flag
 
 from flags import VariantError, parse_flag
 from flags.mutations import allow, diff, ramp, rollback, set_enabled

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import digits_flag
+from support import digits_flag
 
 from flags import FlagValidationError, parse_flag
 from flags.schema import load_flag_file_text

@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from conftest import digits_flag
+from support import digits_flag
 
 from flags import Subject, evaluate
 from flags.snapshot import Snapshot
