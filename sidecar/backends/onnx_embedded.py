@@ -11,9 +11,12 @@ that says what to fix rather than an onnxruntime stack trace. Sessions run in a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes.util
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -121,15 +124,28 @@ def resolve_versions(config: Any, model_dir: Path) -> list[int]:
     return on_disk[-count:] if count > 0 else []
 
 
+GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
+
+
 def preferred_providers() -> list[str]:
-    """TensorRT, then CUDA, then CPU, limited to what this onnxruntime build offers."""
+    """TensorRT, then CUDA, then CPU, limited to what this onnxruntime build offers.
+
+    onnxruntime-gpu lists the GPU providers even on a machine without an NVIDIA driver; asking
+    for them there only produces errors and a slower start, so they are dropped when no driver
+    library (libcuda) can be found.
+    """
     available = set(ort.get_available_providers())
+    if ctypes.util.find_library("cuda") is None:
+        available -= GPU_PROVIDERS
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
 
 
 def open_session(path: Path, providers: Sequence[str]) -> ort.InferenceSession:
     """Open ``path``; log the providers onnxruntime really enabled, which may be fewer."""
-    session = ort.InferenceSession(str(path), providers=list(providers))
+    # onnxruntime print()s its provider fallback ("EP Error ...") to stdout; stdout belongs to
+    # the sidecar's machine-readable output, so send that text to stderr with the other logs.
+    with contextlib.redirect_stdout(sys.stderr):
+        session = ort.InferenceSession(str(path), providers=list(providers))
     got = session.get_providers()
     if got[0] != providers[0]:
         logger.warning("%s: asked for %s, onnxruntime fell back to %s", path, list(providers), got)

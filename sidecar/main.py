@@ -1,0 +1,53 @@
+"""``trafficsplit-sidecar``: parse settings, run the sidecar until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from sidecar.server import Sidecar
+from sidecar.settings import load_settings
+
+log = logging.getLogger("sidecar")
+
+
+async def serve(argv: Sequence[str] | None = None) -> int:
+    settings = load_settings(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sidecar = Sidecar.build(settings)
+    try:
+        address = await sidecar.start()
+    except Exception as exc:
+        log.error("cannot start: %s", exc)
+        await sidecar.stop(grace=0)
+        return 1
+    # One machine-readable line on stdout: scripts and tests wait for it.
+    print(json.dumps({"event": "listening", "address": address}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", settings.grace_s)
+    await sidecar.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        import uvloop  # optional: a faster event loop when installed
+    except ImportError:
+        sys.exit(asyncio.run(serve(argv)))
+    sys.exit(uvloop.run(serve(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The native ``trafficsplit.v1.TrafficSplit`` service: typed subject in, typed assignment out."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+from tritonclient.grpc import service_pb2 as kserve
+
+from flags import Subject
+from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
+from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
+from sidecar.errors import InvalidRequest
+from sidecar.grpc_errors import grpc_errors
+from sidecar.kserve_facade import MAX_TENSOR_ELEMENTS
+from sidecar.plan import Hop, RoutePlan
+from sidecar.routing import Router
+from sidecar.subjects import SubjectRules, checked_subject
+from sidecar.tensors import check_inputs
+
+Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type information)
+
+
+class NativeService(pb_grpc.TrafficSplitServicer):
+    def __init__(self, router: Router, rules: SubjectRules) -> None:
+        self._router = router
+        self._rules = rules
+
+    def _subject(self, subject: pb.Subject) -> Subject:
+        return checked_subject(
+            subject.id, dict(subject.attributes), self._rules, where="`subject.id`"
+        )
+
+    @grpc_errors
+    async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
+        if not request.model:
+            raise InvalidRequest("`model` is required: the model name the app asks for")
+        subject = self._subject(request.subject)
+        backend_request = kserve.ModelInferRequest(
+            model_name=request.model, model_version=request.version, id=request.request_id
+        )
+        for tensor in request.inputs:
+            entry = backend_request.inputs.add()
+            entry.name, entry.datatype = tensor.name, tensor.datatype
+            entry.shape.extend(tensor.shape)
+            backend_request.raw_input_contents.append(tensor.data)
+        for name in request.outputs:
+            backend_request.outputs.add().name = name
+        check_inputs(backend_request, max_elements=MAX_TENSOR_ELEMENTS)
+        routed = await self._router.infer(
+            backend_request,
+            subject,
+            timeout=context.time_remaining(),
+            rpc="Infer",
+            metadata=context.invocation_metadata() or (),
+        )
+        response = routed.response
+        outputs = [
+            pb.Tensor(name=o.name, datatype=o.datatype, shape=list(o.shape), data=raw)
+            for o, raw in zip(response.outputs, response.raw_output_contents, strict=False)
+        ]
+        return pb.InferResponse(
+            assignment=assignment(
+                routed.plan, routed.served, routed.served_version, routed.fallback
+            ),
+            outputs=outputs,
+            request_id=response.id or request.request_id,
+        )
+
+    @grpc_errors
+    async def Assign(self, request: pb.AssignRequest, context: Context) -> pb.AssignResponse:
+        if not request.model:
+            raise InvalidRequest("`model` is required: the model name the app asks for")
+        plan = self._router.assign(
+            request.model,
+            self._subject(request.subject),
+            metadata=context.invocation_metadata() or (),
+        )
+        return pb.AssignResponse(
+            assignment=assignment(plan, plan.primary, plan.primary.version, False)
+        )
+
+
+def assignment(plan: RoutePlan, served: Hop, version: str, fallback: bool) -> pb.Assignment:
+    return pb.Assignment(
+        flag=plan.flag,
+        variant=plan.variant,
+        model=served.model,
+        model_version=version,
+        reason=plan.reason,
+        fallback=fallback,
+        flag_revision=plan.revision,
+        rule=plan.rule or "",
+        exposed=plan.exposed,
+        parameters={k: str(v) for k, v in plan.primary.parameters.items()},
+    )
