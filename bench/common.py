@@ -1,0 +1,84 @@
+"""Shared plumbing: paths, /proc readings (CPU time, RSS), and bounded waits on subprocesses."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+if str(TESTS) not in sys.path:  # tests/servers.py and tests/triton_harness.py are plain modules
+    sys.path.insert(0, str(TESTS))
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+        except OSError:
+            continue
+        found.extend(int(c) for c in text.split())
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (bounded: at most 256 processes)."""
+    tree: list[int] = []
+    queue = [pid]
+    while queue and len(tree) < 256:
+        current = queue.pop()
+        tree.append(current)
+        queue.extend(_children(current))
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (all its threads), in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of one process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def read_line(proc: subprocess.Popen[str], *, timeout: float, what: str) -> str:
+    """The next stdout line of ``proc``, or an error at the deadline or when it exits."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
+                line = proc.stdout.readline()
+                if line:
+                    return line
+                break  # EOF: it exited
+            if proc.poll() is not None:
+                break
+    raise RuntimeError(f"{what}: no line within {timeout} s (exit code {proc.poll()})")
