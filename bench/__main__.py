@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"Where to write the numbers (default {DEFAULT_JSON.relative_to(ROOT)}).",
     )
     args = parser.parse_args(argv)
-    console = Console(width=max(140, Console().width))
+    console = Console(width=max(200, Console().width))
     info = machine()
     console.print(
         f"machine: {info['nproc']} CPUs, {info['cpu_model']}, Python {info['python']}"
