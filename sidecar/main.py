@@ -29,12 +29,12 @@ async def serve(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         await sidecar.stop(grace=0)
         return 1
-    # One machine-readable line on stdout: scripts and tests wait for it.
-    print(json.dumps({"event": "listening", "address": address}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # One machine-readable line on stdout, once signals are handled: scripts and tests wait for it.
+    print(json.dumps({"event": "listening", "address": address}), flush=True)
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", settings.grace_s)
     await sidecar.stop()

@@ -29,6 +29,11 @@ class Hop:
     version: str
     parameters: Mapping[str, Scalar] = field(default_factory=lambda: _EMPTY)
 
+    @property
+    def key(self) -> str:
+        """Identifies the model version for the circuit breaker."""
+        return f"{self.model}:{self.version}"
+
     @classmethod
     def of(cls, target: Target) -> Hop:
         return cls(target.model, target.version, target.parameters)

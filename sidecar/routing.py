@@ -21,6 +21,7 @@ from flags.schema import Scalar
 from flags.store import FlagStore
 from sidecar import telemetry as tm
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
+from sidecar.circuit import CircuitBreaker
 from sidecar.errors import RequestError, status_for
 from sidecar.plan import Hop, RoutePlan, plan_route
 from sidecar.retry_budget import RetryBudget
@@ -52,6 +53,7 @@ class Router:
         tracer: Tracer,
         *,
         budget: RetryBudget | None = None,
+        breaker: CircuitBreaker | None = None,
         default_timeout_s: float = 30.0,
         trace_user_id: bool = False,
     ) -> None:
@@ -59,6 +61,7 @@ class Router:
         self._backend = backend
         self._tracer = tracer
         self._budget = budget or RetryBudget()
+        self._breaker = breaker or CircuitBreaker()
         self._default_timeout_s = default_timeout_s
         self._trace_user_id = trace_user_id
         self.fallbacks = 0
@@ -122,12 +125,21 @@ class Router:
         self, request: kserve.ModelInferRequest, plan: RoutePlan, deadline: float
     ) -> Routed:
         caller_set = frozenset(request.parameters)
+        primary, fallback = plan.primary, plan.fallback
+        if fallback is not None and not self._breaker.allow(primary.key):
+            # The cohort's version failed repeatedly: serve the default without a doomed call.
+            trace.get_current_span().add_event("circuit_open", {"version": primary.version})
+            self.fallbacks += 1
+            response = await self._call(request, fallback, deadline, caller_set)
+            return Routed(response, plan, fallback, fallback=True)
         try:
-            response = await self._call(request, plan.primary, deadline, caller_set)
-            return Routed(response, plan, plan.primary, fallback=False)
+            response = await self._call(request, primary, deadline, caller_set)
         except BackendError as exc:
-            if plan.fallback is None or not exc.fallback_eligible:
+            if not exc.fallback_eligible:
                 raise
+            if fallback is None:
+                raise
+            self._breaker.failure(primary.key)
             remaining = deadline - time.monotonic()
             if remaining < MIN_RETRY_BUDGET_S or not self._budget.try_spend():
                 log.warning(
@@ -144,13 +156,16 @@ class Router:
                 "fallback",
                 {
                     "error": str(exc),
-                    "from.version": plan.primary.version,
-                    "to.version": plan.fallback.version,
+                    "from.version": primary.version,
+                    "to.version": fallback.version,
                 },
             )
             self.fallbacks += 1
-            response = await self._call(request, plan.fallback, deadline, caller_set)
-            return Routed(response, plan, plan.fallback, fallback=True)
+            response = await self._call(request, fallback, deadline, caller_set)
+            return Routed(response, plan, fallback, fallback=True)
+        if fallback is not None:
+            self._breaker.success(primary.key)
+        return Routed(response, plan, primary, fallback=False)
 
     async def _call(
         self,
