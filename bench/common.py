@@ -14,6 +14,20 @@ TESTS = ROOT / "tests"
 if str(TESTS) not in sys.path:  # tests/servers.py and tests/triton_harness.py are plain modules
     sys.path.insert(0, str(TESTS))
 
+# The tests' plain-Python helpers for real servers, shared with the suite rather than copied.
+from servers import RedisServer, free_port, stop_process, wait_until  # type: ignore[import-not-found]  # noqa: E402
+from triton_harness import TritonServer, build_python_backend_repository  # type: ignore[import-not-found]  # noqa: E402
+
+__all__ = [
+    "ROOT",
+    "RedisServer",
+    "TritonServer",
+    "build_python_backend_repository",
+    "free_port",
+    "stop_process",
+    "wait_until",
+]
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

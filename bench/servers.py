@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import tritonclient.grpc as triton_grpc
-from servers import RedisServer, free_port, stop_process  # type: ignore[import-not-found]
-from triton_harness import (  # type: ignore[import-not-found]
+
+from bench.common import (
+    ROOT,
+    RedisServer,
     TritonServer,
     build_python_backend_repository,
+    free_port,
+    stop_process,
 )
-
-from bench.common import ROOT, TESTS
 from flags.admin import FlagAdmin
 from flags.redis_conn import sync_client
 from flags.redis_keys import RedisKeys
@@ -36,7 +38,6 @@ from sidecar.launcher import SidecarProcess
 NGINX_TEMPLATE = ROOT / "bench" / "nginx.conf"
 DIGITS_FLAG = ROOT / "deploy" / "flags" / "digits.json"
 PREFIX = "bench:"
-assert TESTS.is_dir()
 
 
 def wait_ready(
