@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bench.common import ROOT
-from bench.report import PartReport, SuiteReport, machine
+from bench.report import PartReport, SuiteReport, machine, print_part
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         part.seconds = time.monotonic() - started
         suite.parts.append(part)
-        console.print(part.table())
+        print_part(part, console)
         suite.write(args.json)  # after every part, so an interrupted run keeps what it measured
     suite.write(args.json)
     console.print(f"wrote {args.json}")

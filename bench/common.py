@@ -75,10 +75,14 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0  # exited between listing and reading
+    for line in lines:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return 0
 
 
 def read_line(proc: subprocess.Popen[str], *, timeout: float, what: str) -> str:

@@ -140,11 +140,11 @@ class PartReport:
                 values = metrics.get(metric.key)
                 cells.append(format_cell(values, metric.digits) if values else "")
             table.add_row(*cells)
-        caption = [format_target(t) for t in self.targets] + self.notes
-        if caption:
-            table.caption = "\n".join(caption)
-            table.caption_justify = "left"
         return table
+
+    def lines(self) -> list[str]:
+        """Targets (met / missed) and notes, printed under the table."""
+        return [format_target(t) for t in self.targets] + [f"note: {n}" for n in self.notes]
 
 
 def format_cell(values: Sequence[float], digits: int) -> str:
@@ -204,4 +204,8 @@ class SuiteReport:
 
 
 def print_part(part: PartReport, console: Console | None = None) -> None:
-    (console or Console()).print(part.table())
+    console = console or Console()
+    console.print(part.table())
+    for line in part.lines():
+        console.print(line, highlight=False, markup=False)
+    console.print()
