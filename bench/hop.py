@@ -4,6 +4,8 @@ Four paths to the same real ``tritonserver`` (CPU, digits v1/v2, 1x64 FP32 input
 
 * ``direct``: tritonclient -> Triton, asking for the version the flag would pick for the user;
 * ``nginx``: tritonclient -> nginx ``grpc_pass`` (upstream keepalive, one worker) -> Triton, same;
+* ``grpc.aio pass-through``: tritonclient -> ``bench/naive_proxy.py`` (bytes in, bytes out, uvloop)
+  -> Triton, same: the floor of any Python grpc.aio hop;
 * ``sidecar kserve``: tritonclient -> sidecar KServe-v2 facade (user id in ``x-user-id``, flags from
   Redis) -> Triton;
 * ``sidecar native``: the generated ``TrafficSplit`` stub -> sidecar -> Triton.
@@ -32,7 +34,7 @@ import tritonclient.grpc.aio as triton_aio
 
 from bench.common import tree_cpu_seconds
 from bench.report import Metric, PartReport, percentile
-from bench.servers import DIGITS_FLAG, nginx, sidecar, stack
+from bench.servers import DIGITS_FLAG, naive_proxy, nginx, sidecar, stack
 from flags.compiled import CompiledFlag
 from flags.evaluation import Subject
 from flags.schema import parse_flag
@@ -40,8 +42,9 @@ from flags.snapshot import Snapshot, evaluate
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 
-DIRECT, NGINX, KSERVE, NATIVE = "direct", "nginx", "sidecar kserve", "sidecar native"
-PATHS = (DIRECT, NGINX, KSERVE, NATIVE)
+DIRECT, NGINX, NAIVE = "direct", "nginx", "grpc.aio pass-through"
+KSERVE, NATIVE = "sidecar kserve", "sidecar native"
+PATHS = (DIRECT, NGINX, NAIVE, KSERVE, NATIVE)
 USERS = [f"user-{i:04d}" for i in range(512)]
 CONCURRENCY = 16
 
@@ -218,14 +221,21 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
     with ExitStack() as exits:
         st = exits.enter_context(stack())
         proxy = exits.enter_context(nginx(st.triton.grpc_port))
+        naive = exits.enter_context(naive_proxy(st.triton.grpc_url))
         side = exits.enter_context(sidecar(st.redis.url, st.triton.grpc_url))
         endpoints = {
             DIRECT: Endpoint(DIRECT, st.triton.grpc_url, None),
             NGINX: Endpoint(NGINX, proxy.url, proxy.pid),
+            NAIVE: Endpoint(NAIVE, naive.url, naive.pid),
             KSERVE: Endpoint(KSERVE, side.address, side.pid),
             NATIVE: Endpoint(NATIVE, side.address, side.pid),
         }
-        part.info["processes"] = {"nginx": proxy.pid, "sidecar": side.pid, "triton": st.triton.pid}
+        part.info["processes"] = {
+            "nginx": proxy.pid,
+            "naive_proxy": naive.pid,
+            "sidecar": side.pid,
+            "triton": st.triton.pid,
+        }
         for r in range(rounds):
             order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
             results = {
@@ -244,7 +254,7 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
 def derive(part: PartReport, results: dict[str, dict[str, float]]) -> None:
     direct = results[DIRECT]
     nginx_added = results[NGINX]["p50_us"] - direct["p50_us"]
-    for name in (NGINX, KSERVE, NATIVE):
+    for name in (NGINX, NAIVE, KSERVE, NATIVE):
         added = results[name]["p50_us"] - direct["p50_us"]
         part.add(name, "added_p50_us", added)
         part.add(name, "x_direct_rps", results[name]["rps"] / direct["rps"])

@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from bench.common import (
     TritonServer,
     build_python_backend_repository,
     free_port,
+    read_line,
     stop_process,
 )
 from flags.admin import FlagAdmin
@@ -126,6 +128,33 @@ def nginx(triton_port: int) -> Iterator[Nginx]:
             yield server
         finally:
             stop_process(proc)
+
+
+@dataclass
+class NaiveProxy:
+    proc: subprocess.Popen[str]
+    url: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@contextmanager
+def naive_proxy(upstream: str) -> Iterator[NaiveProxy]:
+    """``bench/naive_proxy.py`` as our child: grpc.aio forwarding opaque bytes to ``upstream``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.naive_proxy", "--listen", "127.0.0.1:0",
+         "--upstream", upstream],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        event = json.loads(read_line(proc, timeout=30, what="naive proxy listening line"))
+        proxy = NaiveProxy(proc, event["address"])
+        wait_ready(proxy.url, timeout=20, what="naive grpc.aio proxy")
+        yield proxy
+    finally:
+        stop_process(proc)
 
 
 @contextmanager
