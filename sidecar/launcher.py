@@ -33,6 +33,7 @@ class SidecarProcess:
         self.stderr_path = stderr_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.metrics_url = ""
 
     @property
     def pid(self) -> int:
@@ -69,6 +70,7 @@ class SidecarProcess:
                     event = json.loads(line)
                     if event.get("event") == "listening":
                         self.address = str(event["address"])
+                        self.metrics_url = str(event.get("metrics", ""))
                         return self
         self.stop()
         raise TimeoutError(

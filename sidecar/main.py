@@ -34,7 +34,10 @@ async def serve(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # One machine-readable line on stdout, once signals are handled: scripts and tests wait for it.
-    print(json.dumps({"event": "listening", "address": address}), flush=True)
+    event = {"event": "listening", "address": address}
+    if sidecar.metrics_address:
+        event["metrics"] = f"http://{sidecar.metrics_address}/metrics"
+    print(json.dumps(event), flush=True)
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", settings.grace_s)
     await sidecar.stop()

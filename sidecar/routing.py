@@ -23,6 +23,7 @@ from sidecar import telemetry as tm
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
 from sidecar.circuit import CircuitBreaker
 from sidecar.errors import RequestError, status_for
+from sidecar.metrics import SidecarMetrics
 from sidecar.plan import Hop, RoutePlan, plan_route
 from sidecar.retry_budget import RetryBudget
 
@@ -54,6 +55,7 @@ class Router:
         *,
         budget: RetryBudget | None = None,
         breaker: CircuitBreaker | None = None,
+        metrics: SidecarMetrics | None = None,
         default_timeout_s: float = 30.0,
         trace_user_id: bool = False,
     ) -> None:
@@ -62,6 +64,7 @@ class Router:
         self._tracer = tracer
         self._budget = budget or RetryBudget()
         self._breaker = breaker or CircuitBreaker()
+        self._metrics = metrics or SidecarMetrics()
         self._default_timeout_s = default_timeout_s
         self._trace_user_id = trace_user_id
         self.fallbacks = 0
@@ -107,6 +110,8 @@ class Router:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            started = time.perf_counter()
+            plan: RoutePlan | None = None
             try:
                 plan = self.plan(model, request.model_version, subject)
                 self._annotate(span, plan, subject)
@@ -115,7 +120,18 @@ class Router:
             except (RequestError, BackendError) as exc:
                 code, message = status_for(exc)
                 span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
+                if plan is not None:
+                    self._metrics.observe(
+                        plan.flag,
+                        plan.variant,
+                        plan.primary.version,
+                        code.name,
+                        time.perf_counter() - started,
+                    )
                 raise
+            self._metrics.observe(
+                plan.flag, plan.variant, routed.served_version, "OK", time.perf_counter() - started
+            )
             span.set_attribute(tm.MODEL_NAME, routed.served.model)
             span.set_attribute(tm.MODEL_VERSION, routed.served_version)
             span.set_attribute(tm.FALLBACK, routed.fallback)
@@ -130,6 +146,9 @@ class Router:
             # The cohort's version failed repeatedly: serve the default without a doomed call.
             trace.get_current_span().add_event("circuit_open", {"version": primary.version})
             self.fallbacks += 1
+            self._metrics.fallbacks.labels(
+                plan.flag, primary.version, fallback.version, "circuit_open"
+            ).inc()
             response = await self._call(request, fallback, deadline, caller_set)
             return Routed(response, plan, fallback, fallback=True)
         try:

@@ -22,6 +22,7 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendError, InferenceBackend
 from sidecar.kserve_facade import KServeFacade
+from sidecar.metrics import SidecarMetrics
 from sidecar.native_api import NativeService
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
@@ -64,7 +65,9 @@ class Sidecar:
     backend: InferenceBackend
     router: Router
     tracer_provider: TracerProvider
+    metrics: SidecarMetrics
     server: grpc.aio.Server | None = None
+    metrics_address: str = ""
     health: health.aio.HealthServicer | None = None
     address: str = ""
     _health_task: asyncio.Task[None] | None = None
@@ -80,6 +83,8 @@ class Sidecar:
         store = FlagStore(snapshot_file=settings.snapshot_file)
         provider = tracer_provider or build_tracer_provider()
         backend = backend or build_backend(settings)
+        metrics = SidecarMetrics()
+        metrics.watch_store(store)
         router = Router(
             store,
             backend,
@@ -87,10 +92,13 @@ class Sidecar:
             budget=RetryBudget(
                 ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
             ),
+            metrics=metrics,
             default_timeout_s=settings.default_timeout_s,
             trace_user_id=settings.trace_user_id,
         )
-        return cls(settings, store, build_source(settings, store), backend, router, provider)
+        return cls(
+            settings, store, build_source(settings, store), backend, router, provider, metrics
+        )
 
     def _rules(self) -> SubjectRules:
         s = self.settings
@@ -131,6 +139,9 @@ class Sidecar:
         self.address = f"{host}:{port}"
         await server.start()
         self.server = server
+        if self.settings.metrics_listen:
+            port = self.metrics.serve(self.settings.metrics_listen)
+            self.metrics_address = f"{self.settings.metrics_listen.rpartition(':')[0]}:{port}"
         await self._update_health()
         self._health_task = asyncio.create_task(self._watch_health(), name="sidecar-health")
         log.info(

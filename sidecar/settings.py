@@ -21,6 +21,7 @@ MIB = 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str = "127.0.0.1:8500"
+    metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
     redis_url: str | None = None
     redis_prefix: str = DEFAULT_PREFIX
     flags_file: Path = ROOT / "deploy" / "flags" / "digits.json"
@@ -45,6 +46,12 @@ class Settings:
 
 # (flag, environment variable, type, help)
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    (
+        "metrics_listen",
+        "TRAFFICSPLIT_METRICS_LISTEN",
+        str,
+        "host:port serving Prometheus /metrics (off when unset)",
+    ),
     ("listen", "TRAFFICSPLIT_LISTEN", str, "host:port to serve on (loopback unless you say so)"),
     (
         "redis_url",

@@ -141,6 +141,8 @@ def stack(
         prefix,
         "--max-message-bytes",
         str(1 << 20),
+        "--metrics-listen",
+        "127.0.0.1:0",
     ]
     if kind == "triton":
         args += ["--triton-url", request.getfixturevalue("triton_server").grpc_url]
@@ -438,3 +440,43 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     sidecar = SidecarProcess([], stderr_path=tmp_path / "sidecar.log").start()
     assert sidecar.stop() == 0
     assert "shutting down" in (tmp_path / "sidecar.log").read_text()
+
+
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(url, timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> None:
+    key = (
+        "trafficsplit_requests_total",
+        (("flag", "digits"), ("status", "OK"), ("variant", "candidate"), ("version", "2")),
+    )
+    before = _scrape(fresh.sidecar.metrics_url).get(key, 0.0)
+    for _ in range(3):
+        fresh.infer("alice@example.com")
+    with pytest.raises(InferenceServerException):
+        fresh.client.infer(
+            "digits",
+            [triton.InferInput("pixels", [1, 63], "FP32").set_data_from_numpy(PIXELS[:1, :63])],
+            headers={"x-user-id": "alice@example.com"},
+        )
+    metrics = _scrape(fresh.sidecar.metrics_url)
+    assert metrics[key] == before + 3
+    errors = [
+        v
+        for (name, labels), v in metrics.items()
+        if name == "trafficsplit_requests_total" and ("status", "INVALID_ARGUMENT") in labels
+    ]
+    assert sum(errors) >= 1
+    revision = fresh.admin().get("digits").revision
+    assert metrics[("trafficsplit_flag_revision", (("flag", "digits"),))] == revision
+    assert metrics[("trafficsplit_flag_store_stale", ())] == 0
