@@ -120,6 +120,7 @@ class PartReport:
             "params": self.params,
             "seconds": round(self.seconds, 2),
             "metrics": {m.key: m.header for m in self.metrics},
+            "digits": {m.key: m.digits for m in self.metrics},
             "rows": {
                 row: {key: summarise(values) for key, values in metrics.items()}
                 for row, metrics in self.rows.items()
