@@ -19,7 +19,6 @@ Attributes = Mapping[str, AttributeValue]
 Predicate = Callable[[Attributes], bool]
 
 _ORDER = {"lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge}
-_MISSING = object()
 
 
 def _as_number(value: object) -> float | None:
@@ -45,39 +44,71 @@ def _normalise(value: object, numeric: bool) -> object:
 
 
 def compile_condition(node: ConditionNode) -> Predicate:
+    # Hot path: plain loops rather than all()/any() over a generator, which allocates per call.
     if isinstance(node, AllOf):
         parts = tuple(compile_condition(c) for c in node.all)
-        return lambda attrs: all(p(attrs) for p in parts)
+
+        def all_of(attrs: Attributes) -> bool:
+            for part in parts:  # noqa: SIM110 (all() over a generator allocates per call)
+                if not part(attrs):
+                    return False
+            return True
+
+        return all_of
     if isinstance(node, AnyOf):
         parts = tuple(compile_condition(c) for c in node.any)
-        return lambda attrs: any(p(attrs) for p in parts)
+
+        def any_of(attrs: Attributes) -> bool:
+            for part in parts:  # noqa: SIM110 (any() over a generator allocates per call)
+                if part(attrs):
+                    return True
+            return False
+
+        return any_of
     if isinstance(node, NotOf):
         inner = compile_condition(node.not_)
         return lambda attrs: not inner(attrs)
     return _compile_leaf(node)
 
 
+def _reader(name: str, numeric: bool) -> Callable[[Attributes], object]:
+    """Fetch an attribute in the condition's comparable form; None when missing or unusable."""
+    if numeric:
+
+        def number(attrs: Attributes) -> object:
+            raw = attrs.get(name)
+            kind = type(raw)
+            if kind is float or kind is int:
+                return raw
+            return None if raw is None else _as_number(raw)
+
+        return number
+
+    def text(attrs: Attributes) -> object:
+        raw = attrs.get(name)
+        if raw is None or type(raw) is str:
+            return raw
+        return _normalise(raw, False)
+
+    return text
+
+
 def _compile_leaf(cond: Condition) -> Predicate:
-    name, op = cond.attribute, cond.op
+    op = cond.op
     values: list[Scalar] = cond.value if isinstance(cond.value, list) else [cond.value]
     numeric = all(_as_number(v) is not None for v in values) and not any(
         isinstance(v, str) for v in values
     )
     wanted = [_normalise(v, numeric) for v in values]
-
-    def actual(attrs: Attributes) -> object:
-        raw = attrs.get(name, _MISSING)
-        return _MISSING if raw is _MISSING else _normalise(raw, numeric)
+    read = _reader(cond.attribute, numeric)
 
     if op in ("in", "not_in"):
         members = frozenset(wanted)
         negate = op == "not_in"
 
         def member(attrs: Attributes) -> bool:
-            value = actual(attrs)
-            if value is _MISSING or value is None:
-                return False
-            return (value in members) != negate
+            value = read(attrs)
+            return value is not None and (value in members) != negate
 
         return member
 
@@ -86,19 +117,15 @@ def _compile_leaf(cond: Condition) -> Predicate:
         negate = op == "ne"
 
         def equal(attrs: Attributes) -> bool:
-            value = actual(attrs)
-            if value is _MISSING or value is None:
-                return False
-            return (value == target) != negate
+            value = read(attrs)
+            return value is not None and (value == target) != negate
 
         return equal
 
     compare = _ORDER[op]
 
     def ordered(attrs: Attributes) -> bool:
-        value = actual(attrs)
-        if value is _MISSING or value is None:
-            return False
-        return bool(compare(cast(Any, value), cast(Any, target)))
+        value = read(attrs)
+        return value is not None and bool(compare(cast(Any, value), cast(Any, target)))
 
     return ordered

@@ -30,6 +30,10 @@ class Snapshot(Mapping[str, CompiledFlag]):
     def __len__(self) -> int:
         return len(self._flags)
 
+    def get(self, key: str, default: CompiledFlag | None = None) -> CompiledFlag | None:  # type: ignore[override]
+        # Mapping.get would go through two Python-level calls; this is on the request path.
+        return self._flags.get(key, default)
+
     def revisions(self) -> dict[str, int]:
         return {key: flag.revision for key, flag in self._flags.items()}
 
