@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv clean
+.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv nginx clean
 
 $(VENV)/.installed: pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ $(TRITON_VENV)/.installed:
 
 triton-venv: $(TRITON_VENV)/.installed
 
+# Debian's nginx, the bench's reference proxy (the suite runs its own copy on a free loopback port).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
+
 test: deps redis-server triton-venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -52,10 +57,10 @@ lint: deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: deps redis-server triton-venv
+bench: deps redis-server triton-venv nginx
 	$(PY) -m bench $(ARGS)
 
-bench-quick: deps redis-server triton-venv
+bench-quick: deps redis-server triton-venv nginx
 	$(PY) -m bench --quick $(ARGS)
 
 models: deps
