@@ -4,32 +4,81 @@ The user id comes from metadata ``x-user-id`` (configurable; or a request parame
 attributes from ``x-attr-<name>``. When the request names no version the flag decides; a version
 pins it if the flag allows. The response's ``model_version`` is the version that served, and its
 parameters (and trailing metadata) carry the flag, variant, reason and fallback.
+
+``ModelInfer`` is registered bytes-in, bytes-out. In front of Triton the request is never parsed:
+the routing header is read off the wire, the target appended, and Triton's reply returned with the
+assignment parameters appended (:mod:`sidecar.wire`). The embedded engine needs the tensors, so
+there the request is parsed as usual.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeAlias
 
+import grpc
 from tritonclient.grpc import service_pb2 as kserve
-from tritonclient.grpc import service_pb2_grpc
 
 import sidecar
+from flags.schema import Scalar
 from flags.store import FlagStore
+from sidecar import wire
+from sidecar.backends.base import RawInferenceBackend
+from sidecar.errors import InvalidRequest
 from sidecar.grpc_errors import grpc_errors
-from sidecar.routing import Routed, Router
+from sidecar.routing import MessageCall, RawCall, Routed, Router
 from sidecar.subjects import SubjectRules, subject_from_metadata
 from sidecar.telemetry import metadata_dict
-from sidecar.tensors import check_inputs
+from sidecar.tensors import check_inputs, check_message
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type information)
-MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
+SERVICE = "inference.GRPCInferenceService"
 
 
-class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class KServeFacade:
     def __init__(self, router: Router, store: FlagStore, rules: SubjectRules) -> None:
         self._router = router
         self._store = store
         self._rules = rules
+        # Decided once: a runtime-checkable isinstance costs microseconds per request.
+        self._raw = isinstance(router.backend, RawInferenceBackend)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's method handlers; methods not listed answer UNIMPLEMENTED."""
+
+        def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "ServerLive": unary(
+                    self.ServerLive, kserve.ServerLiveRequest, kserve.ServerLiveResponse
+                ),
+                "ServerReady": unary(
+                    self.ServerReady, kserve.ServerReadyRequest, kserve.ServerReadyResponse
+                ),
+                "ServerMetadata": unary(
+                    self.ServerMetadata, kserve.ServerMetadataRequest, kserve.ServerMetadataResponse
+                ),
+                "ModelReady": unary(
+                    self.ModelReady, kserve.ModelReadyRequest, kserve.ModelReadyResponse
+                ),
+                "ModelMetadata": unary(
+                    self.ModelMetadata, kserve.ModelMetadataRequest, kserve.ModelMetadataResponse
+                ),
+                "ModelConfig": unary(
+                    self.ModelConfig, kserve.ModelConfigRequest, kserve.ModelConfigResponse
+                ),
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                    self.ModelInfer
+                ),  # bytes in, bytes out
+            },
+        )
 
     def _backend_target(self, model: str, version: str) -> tuple[str, str]:
         """Which backend model/version answers metadata questions about ``model``."""
@@ -83,38 +132,75 @@ class KServeFacade(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: igno
         return await self._router.backend.model_config(model, version)
 
     @grpc_errors
-    async def ModelInfer(
-        self, request: kserve.ModelInferRequest, context: Context
-    ) -> kserve.ModelInferResponse:
+    async def ModelInfer(self, raw: bytes, context: Context) -> bytes:
+        try:
+            header = wire.read_request_header(raw)
+        except wire.WireError as exc:
+            raise InvalidRequest(str(exc)) from exc
         invocation = context.invocation_metadata() or ()
-        metadata = metadata_dict(invocation)
-        param = request.parameters.get(self._rules.user_id_header)
         subject = subject_from_metadata(
-            metadata, self._rules, parameter_user_id=param.string_param if param is not None else ""
+            metadata_dict(invocation),
+            self._rules,
+            parameter_user_id=header.string_parameters.get(self._rules.user_id_header, ""),
         )
-        check_inputs(request, max_elements=MAX_TENSOR_ELEMENTS)
+        timeout = context.time_remaining()
+        if self._raw:
+            check_inputs(header.inputs, header.raw_input_sizes)
+            routed = await self._router.infer(
+                RawCall(raw, header),
+                subject,
+                timeout=timeout,
+                rpc="ModelInfer",
+                metadata=invocation,
+            )
+            context.set_trailing_metadata(_trailing(routed))
+            plan = routed.plan
+            return bytes(routed.response) + _response_suffix(
+                plan.flag, plan.variant, plan.reason, plan.revision, routed.fallback
+            )
+        request = kserve.ModelInferRequest.FromString(raw)
+        check_message(request)
         routed = await self._router.infer(
-            request,
-            subject,
-            timeout=context.time_remaining(),
-            rpc="ModelInfer",
-            metadata=invocation,
+            MessageCall(request), subject, timeout=timeout, rpc="ModelInfer", metadata=invocation
         )
-        response = routed.response
-        _describe(response, routed)
+        response: kserve.ModelInferResponse = routed.response
+        response.model_version = routed.served_version
+        for key, value in _parameters(routed).items():
+            param = response.parameters[key]
+            if isinstance(value, bool):
+                param.bool_param = value
+            elif isinstance(value, int):
+                param.int64_param = value
+            else:
+                param.string_param = str(value)
         context.set_trailing_metadata(_trailing(routed))
-        return response
+        return bytes(response.SerializeToString())
 
 
-def _describe(response: kserve.ModelInferResponse, routed: Routed) -> None:
+@functools.lru_cache(maxsize=4096)
+def _response_suffix(flag: str, variant: str, reason: str, revision: int, fallback: bool) -> bytes:
+    """The assignment as response parameters, appended to Triton's reply (constant per cohort)."""
+    return wire.parameter_entries(
+        wire.RESPONSE_PARAMETERS,
+        {
+            "trafficsplit.flag": flag,
+            "trafficsplit.variant": variant,
+            "trafficsplit.reason": reason,
+            "trafficsplit.fallback": fallback,
+            "trafficsplit.flag_revision": revision,
+        },
+    )
+
+
+def _parameters(routed: Routed) -> dict[str, Scalar]:
     plan = routed.plan
-    response.model_version = routed.served_version
-    params = response.parameters
-    params["trafficsplit.flag"].string_param = plan.flag
-    params["trafficsplit.variant"].string_param = plan.variant
-    params["trafficsplit.reason"].string_param = plan.reason
-    params["trafficsplit.fallback"].bool_param = routed.fallback
-    params["trafficsplit.flag_revision"].int64_param = plan.revision
+    return {
+        "trafficsplit.flag": plan.flag,
+        "trafficsplit.variant": plan.variant,
+        "trafficsplit.reason": plan.reason,
+        "trafficsplit.fallback": routed.fallback,
+        "trafficsplit.flag_revision": plan.revision,
+    }
 
 
 def _trailing(routed: Routed) -> tuple[tuple[str, str], ...]:

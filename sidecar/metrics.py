@@ -8,6 +8,7 @@ documents) is read from the store at scrape time by a collector, never pushed fr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -58,10 +59,17 @@ class SidecarMetrics:
             registry=self.registry,
         )
 
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
     def observe(self, flag: str, variant: str, version: str, status: str, seconds: float) -> None:
-        self.requests.labels(flag, variant, version, status).inc()
+        key = (flag, variant, version, status)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and a tuple per call: look it up once
+            children = (self.requests.labels(*key), self.latency.labels(flag, variant, version))
+            self._children[key] = children
+        children[0].inc()
         if status == "OK":
-            self.latency.labels(flag, variant, version).observe(seconds)
+            children[1].observe(seconds)
 
     def watch_store(self, store: FlagStore) -> None:
         self.registry.register(_StoreCollector(store))

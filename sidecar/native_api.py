@@ -11,11 +11,10 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 from sidecar.errors import InvalidRequest
 from sidecar.grpc_errors import grpc_errors
-from sidecar.kserve_facade import MAX_TENSOR_ELEMENTS
 from sidecar.plan import Hop, RoutePlan
-from sidecar.routing import Router
+from sidecar.routing import MessageCall, Router
 from sidecar.subjects import SubjectRules, checked_subject
-from sidecar.tensors import check_inputs
+from sidecar.tensors import check_message
 
 Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type information)
 
@@ -45,9 +44,9 @@ class NativeService(pb_grpc.TrafficSplitServicer):
             backend_request.raw_input_contents.append(tensor.data)
         for name in request.outputs:
             backend_request.outputs.add().name = name
-        check_inputs(backend_request, max_elements=MAX_TENSOR_ELEMENTS)
+        check_message(backend_request)
         routed = await self._router.infer(
-            backend_request,
+            MessageCall(backend_request),
             subject,
             timeout=context.time_remaining(),
             rpc="Infer",

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from flags import ErrorCode, Reason, Subject, evaluate
 from flags.compiled import CompiledFlag
 from flags.schema import Scalar, Target
+from sidecar import wire
 from sidecar.errors import PinningForbidden
 
 NO_FLAG = "NO_FLAG"  # the model has no flag: served as requested
@@ -28,15 +29,35 @@ class Hop:
     model: str
     version: str
     parameters: Mapping[str, Scalar] = field(default_factory=lambda: _EMPTY)
+    # Bytes that retarget a serialized request here (sidecar.wire), precomputed for flag targets.
+    wire_suffix: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def key(self) -> str:
         """Identifies the model version for the circuit breaker."""
         return f"{self.model}:{self.version}"
 
+    def suffix_for(self, caller_keys: frozenset[str]) -> bytes:
+        if self.wire_suffix and not caller_keys:
+            return self.wire_suffix
+        return wire.retarget(self.model, self.version, self.parameters, caller_keys)
+
     @classmethod
     def of(cls, target: Target) -> Hop:
-        return cls(target.model, target.version, target.parameters)
+        # One Hop per flag target, built once per flag revision: the request path only looks it up.
+        cached = _HOPS.get(id(target))
+        if cached is not None and cached[0] is target:
+            return cached[1]
+        if len(_HOPS) > _MAX_CACHED_HOPS:
+            _HOPS.clear()
+        suffix = wire.retarget(target.model, target.version, target.parameters, frozenset())
+        hop = cls(target.model, target.version, target.parameters, suffix)
+        _HOPS[id(target)] = (target, hop)  # holding the target keeps its id from being reused
+        return hop
+
+
+_MAX_CACHED_HOPS = 4096
+_HOPS: dict[int, tuple[Target, Hop]] = {}
 
 
 @dataclass(frozen=True, slots=True)

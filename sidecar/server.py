@@ -13,7 +13,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from tritonclient.grpc import service_pb2 as kserve
-from tritonclient.grpc import service_pb2_grpc
 
 from flags.redis_keys import RedisKeys
 from flags.sources import FileFlagSource, FlagSource, RedisFlagSource
@@ -28,7 +27,7 @@ from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
 from sidecar.subjects import SubjectRules
-from sidecar.telemetry import build_tracer_provider
+from sidecar.telemetry import build_tracer_provider, tracing_enabled
 
 log = logging.getLogger("sidecar.server")
 
@@ -95,6 +94,7 @@ class Sidecar:
             metrics=metrics,
             default_timeout_s=settings.default_timeout_s,
             trace_user_id=settings.trace_user_id,
+            tracing=tracer_provider is not None or tracing_enabled(),
         )
         return cls(
             settings, store, build_source(settings, store), backend, router, provider, metrics
@@ -123,9 +123,7 @@ class Sidecar:
             ]
         )
         rules = self._rules()
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeFacade(self.router, self.store, rules), server
-        )
+        server.add_generic_rpc_handlers((KServeFacade(self.router, self.store, rules).handler(),))
         pb_grpc.add_TrafficSplitServicer_to_server(NativeService(self.router, rules), server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

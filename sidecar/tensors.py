@@ -1,8 +1,14 @@
-"""Cheap checks on KServe-v2 tensors before they reach a backend (no payload decoding)."""
+"""Cheap checks on KServe-v2 tensors before they reach a backend (no payload decoding).
+
+They need only each input's name, datatype and shape and the byte length of its raw contents,
+which the raw pass-through reads off the wire without copying (see :mod:`sidecar.wire`).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tritonclient.grpc import service_pb2 as kserve
 
@@ -23,18 +29,30 @@ DTYPE_BYTES = {
     "INT64": 8,
     "FP64": 8,
 }  # BYTES is variable-length: the backend checks it
+MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
 
 
-def check_inputs(request: kserve.ModelInferRequest, *, max_elements: int) -> None:
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def check_inputs(
+    inputs: Sequence[InputSpec],
+    raw_sizes: Sequence[int],
+    *,
+    max_elements: int = MAX_TENSOR_ELEMENTS,
+) -> None:
     """Raise InvalidRequest for a request no backend could run, saying what to fix."""
-    if not request.inputs:
+    if not inputs:
         raise InvalidRequest("the request has no input tensors")
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    if raw_sizes and len(raw_sizes) != len(inputs):
         raise InvalidRequest(
-            f"{len(request.inputs)} inputs but {len(raw)} raw_input_contents; send one per input"
+            f"{len(inputs)} inputs but {len(raw_sizes)} raw_input_contents; send one per input"
         )
-    for index, tensor in enumerate(request.inputs):
+    for index, tensor in enumerate(inputs):
         if any(d < 0 for d in tensor.shape):
             raise InvalidRequest(
                 f"input {tensor.name!r}: shape {list(tensor.shape)} has a negative dimension"
@@ -47,8 +65,19 @@ def check_inputs(request: kserve.ModelInferRequest, *, max_elements: int) -> Non
         size = DTYPE_BYTES.get(tensor.datatype)
         if tensor.datatype != "BYTES" and size is None:
             raise InvalidRequest(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}")
-        if raw and size is not None and len(raw[index]) != elements * size:
+        if raw_sizes and size is not None and raw_sizes[index] != elements * size:
             raise InvalidRequest(
-                f"input {tensor.name!r}: {len(raw[index])} bytes of data, but shape "
+                f"input {tensor.name!r}: {raw_sizes[index]} bytes of data, but shape "
                 f"{list(tensor.shape)} of {tensor.datatype} needs {elements * size}"
             )
+
+
+def check_message(
+    request: kserve.ModelInferRequest, *, max_elements: int = MAX_TENSOR_ELEMENTS
+) -> None:
+    """check_inputs for a parsed ModelInferRequest."""
+    check_inputs(
+        [InputSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs],
+        [len(raw) for raw in request.raw_input_contents],
+        max_elements=max_elements,
+    )

@@ -90,3 +90,21 @@ class InferenceBackend(Protocol):
         ``metadata`` is extra outgoing metadata (W3C trace context) for remote engines.
         """
         ...
+
+
+@runtime_checkable
+class RawInferenceBackend(InferenceBackend, Protocol):
+    """A backend that can forward a serialized ModelInferRequest as it is (Triton).
+
+    The sidecar then never parses tensors: it reads the routing header off the wire and appends
+    the target model/version (see :mod:`sidecar.wire`).
+    """
+
+    async def infer_raw(
+        self,
+        request: bytes,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        what: str = "the model",
+    ) -> bytes: ...

@@ -28,6 +28,7 @@ from sidecar.backends.base import BackendError, ErrorKind
 logger = logging.getLogger("sidecar.backends.triton")
 
 ENGINE = "triton"
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MIB = 1024 * 1024
 # Triton's wording for "no such model/version", whatever status code it came with.
 _NOT_FOUND_TEXT = re.compile(
@@ -56,6 +57,7 @@ class TritonBackend:
         self._control_timeout_s = control_timeout_s
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
+        self._infer_raw: Any = None
 
     @property
     def name(self) -> str:
@@ -79,9 +81,11 @@ class TritonBackend:
             ],
         )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # Same method, bytes in and bytes out: the sidecar's pass-through never parses tensors.
+        self._infer_raw = self._channel.unary_unary(MODEL_INFER_METHOD)
 
     async def close(self) -> None:
-        channel, self._channel, self._stub = self._channel, None, None
+        channel, self._channel, self._stub, self._infer_raw = self._channel, None, None, None
         if channel is not None:
             await channel.close()
 
@@ -128,6 +132,26 @@ class TritonBackend:
         return await self._call(
             "ModelInfer", request, what=what, timeout=timeout, metadata=metadata
         )
+
+    async def infer_raw(
+        self,
+        request: bytes,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        what: str = "the model",
+    ) -> bytes:
+        """Forward a serialized ModelInferRequest; return the serialized response as received."""
+        if self._infer_raw is None:
+            raise BackendError(
+                ErrorKind.UNAVAILABLE,
+                f"backend for Triton at {self._url} not started (call start() first)",
+                backend=ENGINE,
+            )
+        try:
+            return bytes(await self._infer_raw(request, timeout=timeout, metadata=metadata))
+        except grpc.aio.AioRpcError as exc:
+            raise translate_error(exc, url=self._url, what=what, timeout=timeout) from exc
 
     async def _call(
         self,

@@ -16,7 +16,7 @@ from sidecar.plan import ANONYMOUS, NO_FLAG, Hop, plan_route
 from sidecar.retry_budget import RetryBudget
 from sidecar.settings import Settings, load_settings
 from sidecar.subjects import SubjectRules, subject_from_metadata
-from sidecar.tensors import check_inputs
+from sidecar.tensors import check_message
 
 
 class Clock:
@@ -186,11 +186,11 @@ def _request(shape: list[int], datatype: str, data: bytes | None) -> kserve.Mode
 )
 def test_tensor_checks(request_: kserve.ModelInferRequest, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
-        check_inputs(request_, max_elements=1 << 26)
+        check_message(request_, max_elements=1 << 26)
 
 
 def test_valid_tensor_passes() -> None:
-    check_inputs(_request([2, 64], "FP32", b"\x00" * 512), max_elements=1 << 26)
+    check_message(_request([2, 64], "FP32", b"\x00" * 512), max_elements=1 << 26)
 
 
 def test_settings_precedence_argument_over_environment_over_default() -> None:
