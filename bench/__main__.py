@@ -31,6 +31,7 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"users": 100_000, "rounds": 2, "growthbook_users": 20_000},
     ),
     "hop": ("bench.hop", {"rounds": 5}, {"rounds": 2, "quick": True}),
+    "latency": ("bench.latency", {"rounds": 5}, {"rounds": 2, "requests": 500}),
     "propagation": (
         "bench.propagation",
         {"changes": 200, "raw_changes": 20, "watchers": 4, "rounds": 4},

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -370,6 +371,8 @@ class _Version:
     session: ort.InferenceSession
     output_names: list[str]
     batcher: _Batcher | None
+    # Run on the event loop itself: set for models whose run is shorter than a thread hand-off.
+    inline: bool = False
 
     def run(self, feeds: Tensors) -> Tensors:
         """Blocking session run (called on a pool thread); onnxruntime errors become INTERNAL."""
@@ -413,6 +416,38 @@ def encode_response(
         response.outputs.add(name=name, datatype=dtype.kserve, shape=list(array.shape))
         response.raw_output_contents.append(array.tobytes())
     return response
+
+
+INLINE_THRESHOLD_S = 100e-6
+
+
+def runs_inline(config: Any, version: _Version) -> bool:
+    """Whether a batch-of-one run is so short that a thread-pool hand-off would dominate it.
+
+    Timed once at load on zeros of the declared shape: a 5 µs model costs ~100 µs more through
+    the pool than inline, while a model that takes milliseconds must not block the event loop.
+    """
+    feeds: Tensors = {}
+    for tensor in config.input:
+        dims = [1 if d < 0 else int(d) for d in tensor.dims]
+        shape = [1, *dims] if config.max_batch_size > 0 else dims
+        feeds[tensor.name] = np.zeros(shape, dtype=DTYPES[tensor.data_type].numpy)
+    try:
+        timings = []
+        for _ in range(7):
+            started = time.perf_counter()
+            version.run(feeds)
+            timings.append(time.perf_counter() - started)
+    except BackendError:
+        return False
+    inline = sorted(timings)[len(timings) // 2] < INLINE_THRESHOLD_S
+    logger.info(
+        "%s: median run %.1f µs -> %s",
+        config.name,
+        sorted(timings)[3] * 1e6,
+        "runs inline on the event loop" if inline else "runs on the thread pool",
+    )
+    return inline
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -484,6 +519,7 @@ class OnnxEmbeddedBackend:
         for number in resolve_versions(config, model_dir):
             session = open_session(model_dir / str(number) / filename, providers)
             versions[number] = _Version(session, output_names, None)
+            versions[number].inline = runs_inline(config, versions[number])
             if self._max_batch_delay_s > 0 and batchable(config):
                 versions[number].batcher = _Batcher(
                     versions[number].run, executor, config.max_batch_size, self._max_batch_delay_s
@@ -553,6 +589,13 @@ class OnnxEmbeddedBackend:
         number, version = model.version(request.model_version)
         feeds = decode_inputs(model.config, request)
         names = requested_outputs(model.config, request)
+        if timeout is not None and timeout <= 0:
+            raise _error(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"model {model.config.name!r} version {number}: the deadline had already passed",
+            )
+        if version.inline and version.batcher is None:  # microseconds: nothing to time out
+            return encode_response(request, model.config, number, version.run(feeds), names)
         try:
             outputs = await asyncio.wait_for(self._run(model, version, feeds), timeout)
         except TimeoutError as exc:
@@ -563,8 +606,10 @@ class OnnxEmbeddedBackend:
         return encode_response(request, model.config, number, outputs, names)
 
     async def _run(self, model: _Model, version: _Version, feeds: Tensors) -> Tensors:
-        if version.batcher is not None:
+        if version.batcher is not None:  # batching was asked for: it wins over inline runs
             return await version.batcher.submit(feeds, batch_rows(model.config, feeds))
+        if version.inline:
+            return version.run(feeds)
         return await asyncio.get_running_loop().run_in_executor(self._executor, version.run, feeds)
 
     def _model(self, name: str, version: str) -> _Model:

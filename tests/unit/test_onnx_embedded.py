@@ -439,3 +439,15 @@ def test_logged_providers_are_the_ones_the_session_really_got(
     if "CUDAExecutionProvider" not in got:
         assert record.levelno == logging.WARNING
         assert "fell back" in record.getMessage()
+
+
+def test_tiny_models_run_inline_and_slow_ones_on_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.backends import onnx_embedded
+
+    async def inline_flags(backend: OnnxEmbeddedBackend) -> list[bool]:
+        model = backend._models["digits"]
+        return [v.inline for v in model.versions.values()]
+
+    assert with_backend(inline_flags) == [True, True]  # the digits models run in microseconds
+    monkeypatch.setattr(onnx_embedded, "INLINE_THRESHOLD_S", 0.0)  # "every model is slow"
+    assert with_backend(inline_flags) == [False, False]
