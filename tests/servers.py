@@ -55,16 +55,28 @@ def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> Non
 
 
 class RedisServer:
-    """A throw-away ``redis-server`` (no persistence) on 127.0.0.1; restartable on its port."""
+    """A throw-away ``redis-server`` (no persistence) on 127.0.0.1; restartable on its port.
 
-    def __init__(self, workdir: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+    ``client_options`` are what a client needs to reach it (password, TLS files); the readiness
+    check uses them too.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        client_options: dict[str, object] | None = None,
+        port: int | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: run `make test` (it installs it with apt)")
         self.binary = binary
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.extra_args = extra_args
+        self.client_options = client_options or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,10 +104,19 @@ class RedisServer:
             str(self.workdir),
             *self.extra_args,
         ]
+        if self.client_options.get("ssl"):  # TLS only: plain port off, TLS on our port
+            args[2] = "0"
+            args += ["--tls-port", str(self.port)]
         log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115 (lives with proc)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            **self.client_options,
+        )  # type: ignore[arg-type]
         try:
             wait_until(client.ping, timeout=timeout, interval=0.02, what=f"redis on {self.port}")
         finally:
@@ -115,4 +136,10 @@ class RedisServer:
             self.proc = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            **self.client_options,
+        )  # type: ignore[arg-type]
