@@ -61,37 +61,30 @@ def _common(timeout: float) -> dict[str, Any]:
     return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "decode_responses": False}
 
 
+def _sentinel_master(sentinel_class: Any, url: str, timeout: float) -> Any:
+    """The master behind ``url``'s sentinels, with either redis-py's sync or asyncio Sentinel."""
+    t = parse_sentinel_url(url)
+    sentinel = sentinel_class(
+        list(t.hosts),
+        sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
+        **_common(timeout),
+    )
+    return sentinel.master_for(
+        t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
+    )
+
+
 def sync_client(url: str, *, timeout: float = 2.0) -> redis.Redis:
     """A blocking client (for ``flagctl`` and tools)."""
     if url.startswith(SENTINEL_SCHEMES):
-        t = parse_sentinel_url(url)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(t.hosts),
-            sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
-            **_common(timeout),
-        )
-        master = sentinel.master_for(  # type: ignore[no-untyped-call]
-            t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
-        )
-        return cast(redis.Redis, master)
+        return cast(redis.Redis, _sentinel_master(Sentinel, url, timeout))
     return redis.Redis.from_url(url, **_common(timeout))
 
 
 def async_client(url: str, *, timeout: float = 2.0) -> aioredis.Redis:
     """An asyncio client (for the sidecar's flag source)."""
     if url.startswith(SENTINEL_SCHEMES):
-        t = parse_sentinel_url(url)
-        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-            list(t.hosts),
-            sentinel_kwargs={"password": t.sentinel_password, "socket_timeout": timeout},
-            **_common(timeout),
-        )
-        return cast(
-            aioredis.Redis,
-            sentinel.master_for(
-                t.service, db=t.db, username=t.username, password=t.password, ssl=t.tls
-            ),
-        )
+        return cast(aioredis.Redis, _sentinel_master(AsyncSentinel, url, timeout))
     return aioredis.Redis.from_url(url, **_common(timeout))
 
 

@@ -26,7 +26,7 @@ from sidecar import wire
 from sidecar.backends.base import RawInferenceBackend
 from sidecar.errors import InvalidRequest
 from sidecar.grpc_errors import grpc_errors
-from sidecar.routing import MessageCall, RawCall, Routed, Router
+from sidecar.routing import MessageCall, RawCall, Routed, Router, set_parameter
 from sidecar.subjects import SubjectRules, subject_from_metadata
 from sidecar.telemetry import metadata_dict
 from sidecar.tensors import check_inputs, check_message
@@ -166,13 +166,7 @@ class KServeFacade:
         response: kserve.ModelInferResponse = routed.response
         response.model_version = routed.served_version
         for key, value in _parameters(routed).items():
-            param = response.parameters[key]
-            if isinstance(value, bool):
-                param.bool_param = value
-            elif isinstance(value, int):
-                param.int64_param = value
-            else:
-                param.string_param = str(value)
+            set_parameter(response.parameters[key], value)
         context.set_trailing_metadata(_trailing(routed))
         return bytes(response.SerializeToString())
 
@@ -181,25 +175,25 @@ class KServeFacade:
 def _response_suffix(flag: str, variant: str, reason: str, revision: int, fallback: bool) -> bytes:
     """The assignment as response parameters, appended to Triton's reply (constant per cohort)."""
     return wire.parameter_entries(
-        wire.RESPONSE_PARAMETERS,
-        {
-            "trafficsplit.flag": flag,
-            "trafficsplit.variant": variant,
-            "trafficsplit.reason": reason,
-            "trafficsplit.fallback": fallback,
-            "trafficsplit.flag_revision": revision,
-        },
+        wire.RESPONSE_PARAMETERS, _assignment(flag, variant, reason, revision, fallback)
     )
 
 
 def _parameters(routed: Routed) -> dict[str, Scalar]:
     plan = routed.plan
+    return _assignment(plan.flag, plan.variant, plan.reason, plan.revision, routed.fallback)
+
+
+def _assignment(
+    flag: str, variant: str, reason: str, revision: int, fallback: bool
+) -> dict[str, Scalar]:
+    """The response parameters that tell the caller its assignment (docs/api.md)."""
     return {
-        "trafficsplit.flag": plan.flag,
-        "trafficsplit.variant": plan.variant,
-        "trafficsplit.reason": plan.reason,
-        "trafficsplit.fallback": routed.fallback,
-        "trafficsplit.flag_revision": plan.revision,
+        "trafficsplit.flag": flag,
+        "trafficsplit.variant": variant,
+        "trafficsplit.reason": reason,
+        "trafficsplit.fallback": fallback,
+        "trafficsplit.flag_revision": revision,
     }
 
 

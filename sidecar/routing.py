@@ -216,10 +216,7 @@ class Router:
             self._budget.record_request()
             routed = await self._execute(call, plan, deadline, span)
         except (RequestError, BackendError) as exc:
-            code = _fail(span, exc)
-            self._metrics.observe(
-                plan.flag, plan.variant, plan.primary.version, code, time.perf_counter() - started
-            )
+            self._record(plan, plan.primary.version, _fail(span, exc), started)
             raise
         finally:
             span.end()
@@ -231,9 +228,7 @@ class Router:
                     tm.MODEL_NAME: routed.served.model,
                 }
             )
-        self._metrics.observe(
-            plan.flag, plan.variant, routed.served_version, "OK", time.perf_counter() - started
-        )
+        self._record(plan, routed.served_version, "OK", started)
         return routed
 
     async def _untraced(
@@ -249,18 +244,15 @@ class Router:
         try:
             routed = await self._execute(call, plan, deadline, None, metadata)
         except (RequestError, BackendError) as exc:
-            self._metrics.observe(
-                plan.flag,
-                plan.variant,
-                plan.primary.version,
-                status_for(exc)[0].name,
-                time.perf_counter() - started,
-            )
+            self._record(plan, plan.primary.version, status_for(exc)[0].name, started)
             raise
-        self._metrics.observe(
-            plan.flag, plan.variant, routed.served_version, "OK", time.perf_counter() - started
-        )
+        self._record(plan, routed.served_version, "OK", started)
         return routed
+
+    def _record(self, plan: RoutePlan, version: str, status: str, started: float) -> None:
+        self._metrics.observe(
+            plan.flag, plan.variant, version, status, time.perf_counter() - started
+        )
 
     async def _execute(
         self,
@@ -397,12 +389,16 @@ def _apply_parameters(
     for name, value in parameters.items():
         if name in caller_set:
             continue
-        param = request.parameters[name]
-        if isinstance(value, bool):
-            param.bool_param = value
-        elif isinstance(value, int):
-            param.int64_param = value
-        elif isinstance(value, float):
-            param.double_param = value
-        else:
-            param.string_param = str(value)
+        set_parameter(request.parameters[name], value)
+
+
+def set_parameter(param: kserve.InferParameter, value: Scalar) -> None:
+    """Store a flag scalar in a KServe InferParameter under the matching type."""
+    if isinstance(value, bool):
+        param.bool_param = value
+    elif isinstance(value, int):
+        param.int64_param = value
+    elif isinstance(value, float):
+        param.double_param = value
+    else:
+        param.string_param = str(value)

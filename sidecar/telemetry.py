@@ -41,6 +41,7 @@ MODEL_VERSION = "ml.model.version"
 BACKEND = "trafficsplit.backend"
 
 _propagator = TraceContextTextMapPropagator()
+_TRACE_KEYS = frozenset({"traceparent", "tracestate"})
 
 
 def build_tracer_provider(service_name: str = "trafficsplit-sidecar") -> TracerProvider:
@@ -71,17 +72,13 @@ def _exporter_choice() -> str | None:
 
 
 def _exporter_from_env() -> SpanExporter | None:
-    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    endpoint_set = any(
-        os.environ.get(v)
-        for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    )
-    if choice == "none" or (not choice and not endpoint_set):
+    choice = _exporter_choice()
+    if choice is None:
         log.info("tracing: spans are not exported (set OTEL_EXPORTER_OTLP_ENDPOINT to export)")
         return None
     if choice == "console":
         return ConsoleSpanExporter()
-    if choice not in ("", "otlp"):
+    if choice != "otlp":
         log.warning("tracing: unsupported OTEL_TRACES_EXPORTER=%r, using otlp", choice)
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -89,12 +86,10 @@ def _exporter_from_env() -> SpanExporter | None:
     return OTLPSpanExporter()
 
 
-def extract_context(metadata: Iterable[tuple[str, str | bytes]]) -> otel_context.Context:
-    """The caller's trace context from gRPC metadata (``traceparent``/``tracestate``)."""
-    carrier = {
-        k: v for k, v in metadata if isinstance(v, str) and k in ("traceparent", "tracestate")
-    }
-    return _propagator.extract(carrier)
+def extract_context(metadata: Iterable[tuple[str, str | bytes]]) -> otel_context.Context | None:
+    """The caller's trace context from gRPC metadata (``traceparent``/``tracestate``), if any."""
+    carrier = {k: v for k, v in metadata if k in _TRACE_KEYS and isinstance(v, str)}
+    return _propagator.extract(carrier) if carrier else None
 
 
 def passthrough_metadata(

@@ -133,6 +133,13 @@ class TritonBackend:
             "ModelInfer", request, what=what, timeout=timeout, metadata=metadata
         )
 
+    def _not_started(self) -> BackendError:
+        return BackendError(
+            ErrorKind.UNAVAILABLE,
+            f"backend for Triton at {self._url} not started (call start() first)",
+            backend=ENGINE,
+        )
+
     async def infer_raw(
         self,
         request: bytes,
@@ -143,11 +150,7 @@ class TritonBackend:
     ) -> bytes:
         """Forward a serialized ModelInferRequest; return the serialized response as received."""
         if self._infer_raw is None:
-            raise BackendError(
-                ErrorKind.UNAVAILABLE,
-                f"backend for Triton at {self._url} not started (call start() first)",
-                backend=ENGINE,
-            )
+            raise self._not_started()
         try:
             return bytes(await self._infer_raw(request, timeout=timeout, metadata=metadata))
         except grpc.aio.AioRpcError as exc:
@@ -164,11 +167,7 @@ class TritonBackend:
     ) -> Any:
         """One unary call with a deadline and metadata; gRPC errors become BackendErrors."""
         if self._stub is None:
-            raise BackendError(
-                ErrorKind.UNAVAILABLE,
-                f"backend for Triton at {self._url} not started (call start() first)",
-                backend=ENGINE,
-            )
+            raise self._not_started()
         deadline = (
             self._control_timeout_s if timeout is None and method != "ModelInfer" else timeout
         )
