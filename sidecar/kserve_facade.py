@@ -17,6 +17,7 @@ import functools
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as kserve
 
 import sidecar
@@ -158,7 +159,10 @@ class KServeFacade:
             return bytes(routed.response) + _response_suffix(
                 plan.flag, plan.variant, plan.reason, plan.revision, routed.fallback
             )
-        request = kserve.ModelInferRequest.FromString(raw)
+        try:
+            request = kserve.ModelInferRequest.FromString(raw)
+        except DecodeError as exc:  # e.g. invalid UTF-8 in a string field
+            raise InvalidRequest(f"malformed ModelInferRequest: {exc}") from exc
         check_message(request)
         routed = await self._router.infer(
             MessageCall(request), subject, timeout=timeout, rpc="ModelInfer", metadata=invocation

@@ -206,3 +206,45 @@ def test_settings_precedence_argument_over_environment_over_default() -> None:
     assert settings.allow_anonymous is True
     assert load_settings([], {}) == Settings()
     assert Settings().listen.startswith("127.0.0.1:")  # never 0.0.0.0 unless asked
+
+
+def test_with_tracing_off_the_callers_trace_context_reaches_the_backend() -> None:
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from flags.store import FlagStore
+    from sidecar.routing import MessageCall, Router
+
+    seen: list[tuple[tuple[str, str], ...]] = []
+
+    class Backend:
+        name = "fake"
+
+        async def infer(
+            self,
+            request: kserve.ModelInferRequest,
+            *,
+            timeout: float | None,
+            metadata: tuple[tuple[str, str], ...] = (),
+        ) -> kserve.ModelInferResponse:
+            seen.append(metadata)
+            return kserve.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version
+            )
+
+    store = FlagStore()
+    store.sync({"digits": __import__("json").dumps(digits_flag())}, complete=True)
+    router = Router(store, Backend(), TracerProvider().get_tracer("t"), tracing=False)  # type: ignore[arg-type]
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    routed = asyncio.run(
+        router.infer(
+            MessageCall(kserve.ModelInferRequest(model_name="digits")),
+            Subject("alice@example.com"),
+            timeout=5,
+            rpc="ModelInfer",
+            metadata=(("traceparent", parent), ("x-user-id", "alice@example.com")),
+        )
+    )
+    assert routed.served_version == "2"
+    assert seen == [(("traceparent", parent),)]
