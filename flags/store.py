@@ -111,7 +111,10 @@ class FlagStore:
         if changes:
             self._persist()
             for listener in self._listeners:
-                listener(changes, self._snapshot)
+                try:
+                    listener(changes, self._snapshot)
+                except Exception:  # a listener's bug must not stop flag updates
+                    log.exception("flag change listener %r failed", listener)
         return changes
 
     def _compile(self, key: str, data: bytes) -> CompiledFlag | None:
@@ -119,6 +122,10 @@ class FlagStore:
             flag = CompiledFlag(parse_flag(data, key=key))
         except FlagsError as exc:
             self._reject(key, str(exc))
+            return None
+        except Exception as exc:  # a bug compiling a valid document: reject it, keep serving
+            log.exception("compiling flag %r failed", key)
+            self._reject(key, f"internal error compiling the flag: {exc}")
             return None
         self.health.rejections.pop(key, None)
         return flag

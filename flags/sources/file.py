@@ -68,4 +68,7 @@ class FileFlagSource:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
-            self.reload()
+            try:
+                self.reload()
+            except Exception:  # never let a bug end the watch: flags would freeze silently
+                log.exception("reloading %s failed; will retry", self._path)

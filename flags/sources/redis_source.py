@@ -76,6 +76,11 @@ class RedisFlagSource:
                 self._store.mark_stale(f"redis {self.description}: {exc}")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except Exception as exc:  # never let a bug end the watch: flags would freeze silently
+                log.exception("flag source %s failed; retrying", self.description)
+                self._store.mark_stale(f"redis {self.description}: internal error {exc!r}")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
             else:  # pragma: no cover - _serve only returns by raising
                 backoff = 0.05
             finally:

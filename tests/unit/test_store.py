@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
 from support import digits_flag
 
 from flags import Subject, evaluate
@@ -119,3 +120,30 @@ def test_file_source_watches_in_the_background(tmp_path: Path) -> None:
         return store.snapshot["digits"].revision
 
     assert asyncio.run(scenario()) == 9
+
+
+def test_a_failing_listener_does_not_stop_updates() -> None:
+    store = FlagStore()
+
+    def broken(changes: list[Change], snapshot: Snapshot) -> None:
+        raise RuntimeError("listener bug")
+
+    store.add_listener(broken)
+    store.sync({"digits": raw(revision=1)}, complete=True)
+    store.sync({"digits": raw(revision=2)}, complete=True)
+    assert store.snapshot["digits"].revision == 2
+
+
+def test_an_unexpected_compile_error_is_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flags import store as store_module
+
+    store = FlagStore()
+    store.sync({"digits": raw(revision=1)}, complete=True)
+
+    def explode(spec: object) -> None:
+        raise ValueError("bug")
+
+    monkeypatch.setattr(store_module, "CompiledFlag", explode)
+    store.sync({"digits": raw(revision=2)}, complete=True)
+    assert store.snapshot["digits"].revision == 1  # last good keeps serving
+    assert "internal error compiling the flag: bug" in store.health.rejections["digits"].reason
