@@ -14,115 +14,43 @@ import asyncio
 import contextlib
 import ctypes.util
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime as ort
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.grpc import service_pb2 as kserve
 
 from sidecar.backends.base import BackendError, ErrorKind
+from sidecar.backends.batching import _Batcher
+from sidecar.backends.model_repository import (
+    DEFAULT_MODEL_FILENAME,
+    DTYPES,
+    ENGINE,
+    Tensors,
+    load_model_config,
+    resolve_versions,
+    unsupported_reason,
+)
+from sidecar.backends.model_repository import engine_error as _error
+from sidecar.backends.tensor_codec import (
+    batch_rows,
+    batchable,
+    decode_inputs,
+    encode_response,
+    expected_shape,
+    requested_outputs,
+)
 
 logger = logging.getLogger("sidecar.backends.onnx")
 
-ENGINE = "onnxruntime"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-ONNX_PLATFORMS = frozenset({"onnxruntime_onnx"})
-DEFAULT_MODEL_FILENAME = "model.onnx"
-
-Array = npt.NDArray[Any]
-Tensors = dict[str, Array]
-
-
-@dataclass(frozen=True)
-class _DType:
-    """One config data type in the three spellings a request can use."""
-
-    kserve: str  # KServe-v2 datatype string, as in ModelInferRequest.InferInputTensor.datatype
-    numpy: np.dtype[Any]
-    contents_field: str | None  # InferTensorContents field for typed (non-raw) data
-
-
-def _dt(kserve_name: str, numpy_name: str, contents_field: str | None) -> _DType:
-    # Little-endian explicitly: raw tensor bytes on the wire are little-endian by spec.
-    return _DType(kserve_name, np.dtype(numpy_name).newbyteorder("<"), contents_field)
-
-
-DTYPES: Mapping[int, _DType] = {
-    mc.TYPE_BOOL: _dt("BOOL", "bool", "bool_contents"),
-    mc.TYPE_UINT8: _dt("UINT8", "uint8", "uint_contents"),
-    mc.TYPE_UINT16: _dt("UINT16", "uint16", "uint_contents"),
-    mc.TYPE_UINT32: _dt("UINT32", "uint32", "uint_contents"),
-    mc.TYPE_UINT64: _dt("UINT64", "uint64", "uint64_contents"),
-    mc.TYPE_INT8: _dt("INT8", "int8", "int_contents"),
-    mc.TYPE_INT16: _dt("INT16", "int16", "int_contents"),
-    mc.TYPE_INT32: _dt("INT32", "int32", "int_contents"),
-    mc.TYPE_INT64: _dt("INT64", "int64", "int64_contents"),
-    mc.TYPE_FP16: _dt("FP16", "float16", None),  # KServe-v2 has no typed FP16 field
-    mc.TYPE_FP32: _dt("FP32", "float32", "fp32_contents"),
-    mc.TYPE_FP64: _dt("FP64", "float64", "fp64_contents"),
-}
-
-
-def _error(kind: ErrorKind, message: str) -> BackendError:
-    return BackendError(kind, message, backend=ENGINE)
-
-
-# --- repository loading -------------------------------------------------------------------------
-
-
-def load_model_config(model_dir: Path) -> Any:
-    """Parse ``<model_dir>/config.pbtxt`` into tritonclient's ``ModelConfig`` message."""
-    config = mc.ModelConfig()
-    text_format.Parse((model_dir / "config.pbtxt").read_text(), config)
-    if not config.name:
-        config.name = model_dir.name  # Triton fills the name from the directory the same way
-    if config.name != model_dir.name:
-        raise ValueError(f"config name {config.name!r} differs from directory {model_dir.name!r}")
-    return config
-
-
-def unsupported_reason(config: Any) -> str | None:
-    """Why this engine cannot serve ``config``, or None if it can."""
-    if config.platform not in ONNX_PLATFORMS and config.backend != "onnxruntime":
-        return f"platform {config.platform or config.backend!r} is not ONNX"
-    for tensor in (*config.input, *config.output):
-        if tensor.data_type not in DTYPES:
-            return (
-                f"tensor {tensor.name!r} has unsupported type {mc.DataType.Name(tensor.data_type)}"
-            )
-    return None
-
-
-def resolve_versions(config: Any, model_dir: Path) -> list[int]:
-    """The versions to load, per ``version_policy`` (Triton's default: the latest one)."""
-    filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
-    on_disk = sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / filename).is_file()
-    )
-    policy = config.version_policy
-    which = policy.WhichOneof("policy_choice")
-    if which == "all":
-        return on_disk
-    if which == "specific":
-        missing = sorted(set(policy.specific.versions) - set(on_disk))
-        if missing:
-            raise ValueError(
-                f"version_policy lists {missing} but no {missing[0]}/{filename} exists"
-            )
-        return sorted(set(policy.specific.versions))
-    count = policy.latest.num_versions if which == "latest" else 1
-    return on_disk[-count:] if count > 0 else []
 
 
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
@@ -153,217 +81,6 @@ def open_session(path: Path, providers: Sequence[str]) -> ort.InferenceSession:
     else:
         logger.info("%s: running on %s", path, got)
     return session
-
-
-# --- request decoding and validation ------------------------------------------------------------
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def expected_shape(config: Any, tensor: Any) -> list[int]:
-    """Full shape the config allows, -1 for any size (the batch dimension included)."""
-    dims = list(tensor.dims)
-    return [-1, *dims] if config.max_batch_size > 0 else dims
-
-
-def check_shape(config: Any, tensor: Any, shape: Sequence[int]) -> None:
-    expected = expected_shape(config, tensor)
-    fits = len(shape) == len(expected) and all(
-        e in (-1, s) and s >= 0 for e, s in zip(expected, shape, strict=True)
-    )
-    if not fits:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"input {tensor.name!r} has shape {_shape_text(shape)}; model {config.name!r} expects "
-            f"{_shape_text(expected)} (-1 = any size)",
-        )
-    if config.max_batch_size > 0 and not 1 <= shape[0] <= config.max_batch_size:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"input {tensor.name!r} has batch size {shape[0]}; model {config.name!r} accepts "
-            f"1 to {config.max_batch_size} (max_batch_size); split the request",
-        )
-
-
-def decode_input(config: Any, tensor: Any, request_input: Any, raw: bytes | None) -> Array:
-    """One request input as a numpy array, after checking datatype, shape and size."""
-    dtype = DTYPES[tensor.data_type]
-    name = request_input.name
-    if request_input.datatype != dtype.kserve:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"input {name!r} has datatype {request_input.datatype!r}; model {config.name!r} "
-            f"expects {dtype.kserve!r}",
-        )
-    shape = list(request_input.shape)
-    check_shape(config, tensor, shape)
-    count = math.prod(shape)
-    if raw is not None:
-        want = count * dtype.numpy.itemsize
-        if len(raw) != want:
-            raise _error(
-                ErrorKind.INVALID_ARGUMENT,
-                f"input {name!r} has {len(raw)} raw bytes; shape {_shape_text(shape)} of "
-                f"{dtype.kserve} needs {want} ({count} x {dtype.numpy.itemsize} bytes)",
-            )
-        return np.frombuffer(raw, dtype=dtype.numpy).reshape(shape)
-    values = getattr(request_input.contents, dtype.contents_field) if dtype.contents_field else []
-    if len(values) != count:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"input {name!r} has {len(values)} values in contents.{dtype.contents_field}; shape "
-            f"{_shape_text(shape)} needs {count} (or send it in raw_input_contents)",
-        )
-    return np.asarray(values, dtype=dtype.numpy).reshape(shape)
-
-
-def decode_inputs(config: Any, request: Any) -> Tensors:
-    """All inputs of ``request``, keyed by name; every config input present exactly once."""
-    declared = {t.name: t for t in config.input}
-    raws: Sequence[bytes] = request.raw_input_contents
-    if raws and len(raws) != len(request.inputs):
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"{len(raws)} raw_input_contents for {len(request.inputs)} inputs; when raw contents "
-            "are used, every input needs exactly one, in input order",
-        )
-    feeds: Tensors = {}
-    for i, request_input in enumerate(request.inputs):
-        tensor = declared.get(request_input.name)
-        if tensor is None:
-            raise _error(
-                ErrorKind.INVALID_ARGUMENT,
-                f"unknown input {request_input.name!r} for model {config.name!r}; "
-                f"expected {sorted(declared)}",
-            )
-        if request_input.name in feeds:
-            raise _error(ErrorKind.INVALID_ARGUMENT, f"input {request_input.name!r} sent twice")
-        feeds[request_input.name] = decode_input(
-            config, tensor, request_input, raws[i] if raws else None
-        )
-    missing = sorted(set(declared) - set(feeds) - {t.name for t in config.input if t.optional})
-    if missing:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"missing input(s) {missing} for model {config.name!r}; expected {sorted(declared)}",
-        )
-    return feeds
-
-
-def requested_outputs(config: Any, request: Any) -> list[str]:
-    """Output names to return: the request's subset, or every output the config declares."""
-    declared = [t.name for t in config.output]
-    names = [o.name for o in request.outputs]
-    unknown = sorted(set(names) - set(declared))
-    if unknown:
-        raise _error(
-            ErrorKind.INVALID_ARGUMENT,
-            f"unknown output(s) {unknown} requested from model {config.name!r}; "
-            f"available: {declared}",
-        )
-    return names or declared
-
-
-def batchable(config: Any) -> bool:
-    """Requests concatenate along the batch axis only if the rest of every shape is fixed."""
-    return config.max_batch_size > 0 and all(
-        not t.optional and -1 not in t.dims for t in config.input
-    )
-
-
-def batch_rows(config: Any, feeds: Tensors) -> int:
-    """Batch size of validated inputs; all inputs must agree for the batch to split back."""
-    rows: set[int] = {int(array.shape[0]) for array in feeds.values()}
-    if len(rows) > 1:
-        raise _error(ErrorKind.INVALID_ARGUMENT, f"inputs disagree on batch size: {sorted(rows)}")
-    return rows.pop()
-
-
-# --- running ------------------------------------------------------------------------------------
-
-RunFn = Callable[[Tensors], Tensors]
-
-
-@dataclass
-class _Pending:
-    feeds: Tensors
-    rows: int
-    future: asyncio.Future[Tensors]
-
-
-@dataclass
-class _Batcher:
-    """Concatenates requests that arrive within ``delay_s`` into runs of at most ``max_rows``.
-
-    Everything but the session run happens on the event loop thread, so no locks are needed.
-    """
-
-    run: RunFn
-    executor: ThreadPoolExecutor
-    max_rows: int
-    delay_s: float
-    _pending: list[_Pending] = field(default_factory=list)
-    _timer: asyncio.TimerHandle | None = None
-    _running: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def submit(self, feeds: Tensors, rows: int) -> Tensors:
-        loop = asyncio.get_running_loop()
-        pending = _Pending(feeds, rows, loop.create_future())
-        self._pending.append(pending)
-        if sum(p.rows for p in self._pending) >= self.max_rows:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.delay_s, self._flush)
-        return await pending.future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        pending, self._pending = self._pending, []
-        for group in _groups(pending, self.max_rows):
-            task = asyncio.get_running_loop().create_task(self._run_group(group))
-            self._running.add(task)  # keep a reference until done, or the task may be collected
-            task.add_done_callback(self._running.discard)
-
-    async def _run_group(self, group: list[_Pending]) -> None:
-        feeds = {name: np.concatenate([p.feeds[name] for p in group]) for name in group[0].feeds}
-        logger.debug(
-            "batched %d requests into one run of %d rows", len(group), sum(p.rows for p in group)
-        )
-        try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.run, feeds
-            )
-        except Exception as exc:
-            for p in group:
-                if not p.future.done():  # the caller may have given up (deadline)
-                    p.future.set_exception(exc)
-            return
-        start = 0
-        for p in group:
-            if not p.future.done():
-                p.future.set_result({n: a[start : start + p.rows] for n, a in outputs.items()})
-            start += p.rows
-
-    async def close(self) -> None:
-        self._flush()
-        await asyncio.gather(*self._running, return_exceptions=True)
-
-
-def _groups(pending: list[_Pending], max_rows: int) -> list[list[_Pending]]:
-    """Split in arrival order into groups whose rows sum to at most ``max_rows``."""
-    groups: list[list[_Pending]] = []
-    rows = max_rows  # forces a new group for the first item
-    for p in pending:
-        if rows + p.rows > max_rows:
-            groups.append([])
-            rows = 0
-        groups[-1].append(p)
-        rows += p.rows
-    return groups
 
 
 @dataclass
@@ -401,21 +118,6 @@ class _Model:
                 f"available versions: {sorted(self.versions)}",
             )
         return number, self.versions[number]
-
-
-def encode_response(
-    request: Any, config: Any, version: int, outputs: Tensors, names: list[str]
-) -> kserve.ModelInferResponse:
-    declared = {t.name: DTYPES[t.data_type] for t in config.output}
-    response = kserve.ModelInferResponse(
-        model_name=config.name, model_version=str(version), id=request.id
-    )
-    for name in names:
-        dtype = declared[name]
-        array = np.ascontiguousarray(outputs[name], dtype=dtype.numpy)
-        response.outputs.add(name=name, datatype=dtype.kserve, shape=list(array.shape))
-        response.raw_output_contents.append(array.tobytes())
-    return response
 
 
 INLINE_THRESHOLD_S = 100e-6
