@@ -25,10 +25,12 @@ proto: $(PROTO_OUT)/.generated
 
 deps: $(VENV)/.installed proto
 
-# Debian's redis-server, for the integration tests (they start their own on a free port).
+# Debian's redis-server, for the integration tests (they start their own on a free port), and
+# openssl, which makes the throw-away certificates of the TLS test.
 redis-server:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+	@command -v redis-server >/dev/null && command -v openssl >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server openssl >/dev/null; }
 	@command -v redis-server >/dev/null
 
 # Triton's server binary ships in the nvidia-pytriton wheel; it pins numpy<2, so it gets its own

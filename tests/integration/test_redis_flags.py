@@ -182,7 +182,6 @@ def test_redis_outage_serves_last_good_marks_stale_and_resyncs(
                 == "candidate"
             )
             fresh_redis.start()  # comes back empty: no persistence in tests
-            await asyncio.sleep(0)  # let the source reconnect on its own schedule
             await until(
                 lambda: (
                     store.health.stale_reason is not None
