@@ -40,8 +40,9 @@ CANDIDATE_SHARE = 30.0
 SERVER_KIND, CLIENT_KIND = 2, 3  # opentelemetry.proto Span.SpanKind
 
 
-def base_flag() -> dict[str, Any]:
+def base_flag(**overrides: Any) -> dict[str, Any]:
     return digits_flag(
+        **overrides,
         rules=[{"name": "dogfood", "users": ["alice@example.com"], "serve": "candidate"}],
         allocation={
             "coverage": 100,
@@ -480,3 +481,44 @@ def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> No
     revision = fresh.admin().get("digits").revision
     assert metrics[("trafficsplit_flag_revision", (("flag", "digits"),))] == revision
     assert metrics[("trafficsplit_flag_store_stale", ())] == 0
+
+
+def test_redis_outage_while_serving(fresh_redis: RedisServer, tmp_path: Path) -> None:
+    """Redis killed: requests keep their cohorts and metrics say stale; Redis back: changes apply."""
+    prefix = "outage:"
+    admin = FlagAdmin(sync_client(fresh_redis.url), keys=RedisKeys(prefix))
+    admin.apply(parse_flag(base_flag()), reason="outage test")
+    args = [
+        "--redis-url",
+        fresh_redis.url,
+        "--redis-prefix",
+        prefix,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
+    with SidecarProcess(args, stderr_path=tmp_path / "sidecar.log") as sidecar:
+        client = triton.InferenceServerClient(sidecar.address)
+        tensor = triton.InferInput("pixels", [1, 64], "FP32")
+        tensor.set_data_from_numpy(PIXELS[:1])
+
+        def version(user: str) -> str:
+            response = client.infer("digits", [tensor], headers={"x-user-id": user}).get_response()
+            return str(response.model_version)
+
+        def stale() -> float:
+            return _scrape(sidecar.metrics_url)[("trafficsplit_flag_store_stale", ())]
+
+        before = {u: version(u) for u in (f"o-{i}" for i in range(50))}
+        fresh_redis.kill()
+        wait_until(lambda: stale() == 1, timeout=10, what="the sidecar to report the outage")
+        assert {u: version(u) for u in before} == before  # last good flags keep serving
+        fresh_redis.start()  # back, empty (no persistence): still the last good flags
+        FlagAdmin(sync_client(fresh_redis.url), keys=RedisKeys(prefix)).apply(
+            parse_flag(base_flag(enabled=False)), reason="restored, and turned off"
+        )
+        wait_until(
+            lambda: stale() == 0 and version("alice@example.com") == "1",
+            timeout=10,
+            what="the resync after Redis returns",
+        )
+        client.close()
