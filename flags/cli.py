@@ -417,9 +417,14 @@ def audit(ctx: Context, flag: str, limit: int, as_json: bool) -> None:
 @click.option("--reconcile-interval", default=0.5, show_default=True, type=float)
 @click.option("--count", default=0, type=int, help="Exit after this many changes (0 = never).")
 @click.option("--timestamps", is_flag=True, help="Add applied_at (Unix time) to each line.")
+@json_option
 @pass_ctx
-def watch(ctx: Context, reconcile_interval: float, count: int, timestamps: bool) -> None:
-    """Follow flag changes as a sidecar sees them (one JSON line per applied change)."""
+def watch(
+    ctx: Context, reconcile_interval: float, count: int, timestamps: bool, as_json: bool
+) -> None:
+    """Follow flag changes as a sidecar sees them (one JSON line per applied change).
+
+    The output is JSON lines with or without ``--json`` (accepted like on every verb)."""
     from flags.snapshot import Snapshot
     from flags.sources.redis_source import RedisFlagSource
     from flags.store import Change, FlagStore

@@ -101,6 +101,7 @@ def test_flagctl_apply_reaches_a_store_in_another_process(
             "watch",
             "--count",
             "2",
+            "--json",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
