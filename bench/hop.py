@@ -73,36 +73,22 @@ class Endpoint:
     hop_pid: int | None
 
     def sync_call(self) -> tuple[Callable[[int], object], Callable[[], None]]:
-        x = pixels()
-        if self.name == NATIVE:
-            channel = grpc.insecure_channel(self.url)
-            stub = pb_grpc.TrafficSplitStub(channel)  # type: ignore[no-untyped-call]
-            requests = native_requests(x)
-            return (lambda i: stub.Infer(requests[i % len(requests)], timeout=10)), channel.close
-        client = triton_grpc.InferenceServerClient(self.url)
-        inputs = [triton_grpc.InferInput("pixels", [1, 64], "FP32")]
-        inputs[0].set_data_from_numpy(x)
-        versions, headers = self._routing()
-        return (
-            lambda i: client.infer(
-                "digits",
-                inputs,
-                model_version=versions[i % len(versions)],
-                headers=headers[i % len(headers)],
-                client_timeout=10,
-            )
-        ), client.close
+        return self._call(grpc.insecure_channel, triton_grpc.InferenceServerClient)
 
     def async_call(
         self,
     ) -> tuple[Callable[[int], Awaitable[object]], Callable[[], Awaitable[None]]]:
+        return self._call(grpc.aio.insecure_channel, triton_aio.InferenceServerClient)
+
+    def _call(self, open_channel: Any, client_class: Any) -> tuple[Any, Any]:
+        """Request ``i`` on this path with the given (sync or asyncio) channel/client flavour."""
         x = pixels()
         if self.name == NATIVE:
-            channel = grpc.aio.insecure_channel(self.url)
+            channel = open_channel(self.url)
             stub = pb_grpc.TrafficSplitStub(channel)  # type: ignore[no-untyped-call]
             requests = native_requests(x)
             return (lambda i: stub.Infer(requests[i % len(requests)], timeout=10)), channel.close
-        client = triton_aio.InferenceServerClient(self.url)
+        client = client_class(self.url)
         inputs = [triton_grpc.InferInput("pixels", [1, 64], "FP32")]
         inputs[0].set_data_from_numpy(x)
         versions, headers = self._routing()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from tritonclient.grpc import service_pb2 as kserve
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -15,3 +20,34 @@ def digits_flag(**overrides: Any) -> dict[str, Any]:
     doc = json.loads((ROOT / "deploy" / "flags" / "digits.json").read_text())
     doc.update(overrides)
     return doc
+
+
+def make_request(
+    pixels: npt.NDArray[Any],
+    *,
+    version: str = "1",
+    model: str = "digits",
+    outputs: Sequence[str] = (),
+    datatype: str = "FP32",
+    shape: Sequence[int] | None = None,
+    raw: bool = True,
+    request_id: str = "",
+) -> kserve.ModelInferRequest:
+    request = kserve.ModelInferRequest(model_name=model, model_version=version, id=request_id)
+    tensor = request.inputs.add(name="pixels", datatype=datatype)
+    tensor.shape.extend(pixels.shape if shape is None else shape)
+    if raw:
+        request.raw_input_contents.append(pixels.tobytes())
+    else:
+        tensor.contents.fp32_contents.extend(pixels.ravel().tolist())
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def decode(response: kserve.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
+    dtypes = {"FP32": np.float32, "INT64": np.int64}
+    return {
+        out.name: np.frombuffer(raw, dtype=dtypes[out.datatype]).reshape(list(out.shape))
+        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }

@@ -13,13 +13,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import tritonclient.grpc as triton_grpc
+from support import decode, make_request
 from triton_harness import (
     TritonHarnessError,
     TritonInstall,
     TritonServer,
     build_python_backend_repository,
 )
-from tritonclient.grpc import service_pb2 as kserve
 
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
 from sidecar.backends.onnx_embedded import OnnxEmbeddedBackend
@@ -56,23 +56,6 @@ def on_embedded(scenario: Scenario[T]) -> T:
     return asyncio.run(_using(backend, scenario))
 
 
-def make_request(
-    pixels: npt.NDArray[np.float32], version: str, model: str = "digits"
-) -> kserve.ModelInferRequest:
-    request = kserve.ModelInferRequest(model_name=model, model_version=version, id="golden")
-    request.inputs.add(name="pixels", datatype="FP32", shape=list(pixels.shape))
-    request.raw_input_contents.append(pixels.tobytes())
-    return request
-
-
-def decode(response: kserve.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
-    dtypes = {"FP32": np.float32, "INT64": np.int64}
-    return {
-        out.name: np.frombuffer(raw, dtype=dtypes[out.datatype]).reshape(list(out.shape))
-        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-    }
-
-
 def golden_predictions(pixels: npt.NDArray[np.float32]) -> Scenario[dict[str, Any]]:
     """A scenario returning, per version, concatenated outputs over the whole golden set."""
 
@@ -81,7 +64,9 @@ def golden_predictions(pixels: npt.NDArray[np.float32]) -> Scenario[dict[str, An
         for version in ("1", "2"):
             chunks = []
             for start in range(0, len(pixels), MAX_BATCH):
-                request = make_request(pixels[start : start + MAX_BATCH], version)
+                request = make_request(
+                    pixels[start : start + MAX_BATCH], version=version, request_id="golden"
+                )
                 response = await backend.infer(request, timeout=30)
                 assert (response.model_name, response.model_version) == ("digits", version)
                 assert response.id == "golden"
@@ -136,7 +121,7 @@ def test_readiness_metadata_and_config(triton_server: TritonServer) -> None:
 
 
 def test_unknown_model_is_not_found(triton_server: TritonServer, golden: Any) -> None:
-    request = make_request(golden[0][:1], "", model="nope")
+    request = make_request(golden[0][:1], version="", model="nope", request_id="golden")
     error = on_triton(triton_server.grpc_url, lambda b: infer_error(b, request))
     assert error.kind is ErrorKind.NOT_FOUND
     assert "'nope'" in error.message
@@ -144,7 +129,7 @@ def test_unknown_model_is_not_found(triton_server: TritonServer, golden: Any) ->
 
 
 def test_bad_tensor_is_invalid_argument(triton_server: TritonServer, golden: Any) -> None:
-    request = make_request(golden[0][:2, :63].copy(), "1")
+    request = make_request(golden[0][:2, :63].copy(), version="1", request_id="golden")
     error = on_triton(triton_server.grpc_url, lambda b: infer_error(b, request))
     assert error.kind is ErrorKind.INVALID_ARGUMENT
     assert "[2,63]" in error.message  # Triton's own words travel with the error
@@ -157,14 +142,16 @@ def test_unresponsive_triton_is_deadline_exceeded(golden: Any) -> None:
         black_hole.bind(("127.0.0.1", 0))
         black_hole.listen()
         url = f"127.0.0.1:{black_hole.getsockname()[1]}"
-        request = make_request(golden[0][:1], "1")
+        request = make_request(golden[0][:1], version="1", request_id="golden")
         error = on_triton(url, lambda b: infer_error(b, request, timeout=0.3))
     assert error.kind is ErrorKind.DEADLINE_EXCEEDED
     assert url in error.message and error.fallback_eligible
 
 
 def test_oversized_message_is_resource_exhausted(triton_server: TritonServer, golden: Any) -> None:
-    request = make_request(golden[0][:MAX_BATCH], "1")  # 16 KiB of pixels
+    request = make_request(
+        golden[0][:MAX_BATCH], version="1", request_id="golden"
+    )  # 16 KiB of pixels
     error = on_triton(
         triton_server.grpc_url, lambda b: infer_error(b, request), max_message_bytes=1024
     )
@@ -175,8 +162,12 @@ def test_version_not_on_triton_is_fallback_eligible(
     triton_v1_only: TritonServer, golden: Any
 ) -> None:
     async def scenario(backend: InferenceBackend) -> Any:
-        served = await backend.infer(make_request(golden[0][:1], "1"), timeout=10)
-        missing = await infer_error(backend, make_request(golden[0][:1], "2"))
+        served = await backend.infer(
+            make_request(golden[0][:1], version="1", request_id="golden"), timeout=10
+        )
+        missing = await infer_error(
+            backend, make_request(golden[0][:1], version="2", request_id="golden")
+        )
         return served, missing, await backend.model_ready("digits", "2")
 
     served, error, v2_ready = on_triton(triton_v1_only.grpc_url, scenario)
@@ -193,9 +184,13 @@ def test_stopped_triton_is_unavailable_naming_the_url(
     url = triton_v1_only.grpc_url
 
     async def scenario(backend: InferenceBackend) -> Any:
-        served = await backend.infer(make_request(golden[0][:1], "1"), timeout=10)
+        served = await backend.infer(
+            make_request(golden[0][:1], version="1", request_id="golden"), timeout=10
+        )
         triton_v1_only.stop()
-        error = await infer_error(backend, make_request(golden[0][:1], "1"))
+        error = await infer_error(
+            backend, make_request(golden[0][:1], version="1", request_id="golden")
+        )
         return served, error, await backend.server_ready()
 
     served, error, ready = on_triton(url, scenario)
@@ -219,7 +214,9 @@ def test_plain_tritonclient_works_against_the_harness(
         client.close()
 
     async def scenario(backend: InferenceBackend) -> Any:
-        return decode(await backend.infer(make_request(pixels, "2"), timeout=10))
+        return decode(
+            await backend.infer(make_request(pixels, version="2", request_id="golden"), timeout=10)
+        )
 
     expected = on_embedded(scenario)
     np.testing.assert_array_equal(result.as_numpy("label"), expected["label"])

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import shutil
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+from support import decode, make_request
 from tritonclient.grpc import service_pb2 as kserve
 
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
@@ -48,37 +49,6 @@ def with_backend(
             await backend.close()
 
     return asyncio.run(main())
-
-
-def make_request(
-    pixels: npt.NDArray[Any],
-    *,
-    version: str = "1",
-    model: str = "digits",
-    outputs: Sequence[str] = (),
-    datatype: str = "FP32",
-    shape: Sequence[int] | None = None,
-    raw: bool = True,
-    request_id: str = "",
-) -> kserve.ModelInferRequest:
-    request = kserve.ModelInferRequest(model_name=model, model_version=version, id=request_id)
-    tensor = request.inputs.add(name="pixels", datatype=datatype)
-    tensor.shape.extend(pixels.shape if shape is None else shape)
-    if raw:
-        request.raw_input_contents.append(pixels.tobytes())
-    else:
-        tensor.contents.fp32_contents.extend(pixels.ravel().tolist())
-    for name in outputs:
-        request.outputs.add(name=name)
-    return request
-
-
-def decode(response: kserve.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
-    dtypes = {"FP32": np.float32, "INT64": np.int64}
-    return {
-        out.name: np.frombuffer(raw, dtype=dtypes[out.datatype]).reshape(list(out.shape))
-        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-    }
 
 
 async def predict(backend: InferenceBackend, pixels: npt.NDArray[np.float32], version: str) -> Any:
