@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,3 +102,25 @@ def read_line(proc: subprocess.Popen[str], *, timeout: float, what: str) -> str:
             if proc.poll() is not None:
                 break
     raise RuntimeError(f"{what}: no line within {timeout} s (exit code {proc.poll()})")
+
+
+class BackgroundLoop:
+    """Runs ``self._run()`` on its own event loop in a daemon thread until ``close()``.
+
+    Subclasses (load generators) define ``_run`` and watch ``self.stop`` to end it.
+    """
+
+    stop: threading.Event
+    thread: threading.Thread | None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    async def _run(self) -> None:
+        raise NotImplementedError

@@ -22,7 +22,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -151,29 +152,43 @@ def _setup(url: str, prefix: str) -> None:
 
 def measure_rows(changes: int, watchers: int, raw_changes: int) -> list[dict[str, Any]]:
     """The standalone CLI: one pass of flagctl changes, then raw SETs."""
+    with _redis_and_watchers(watchers, subscribers=0) as (server, prefix, procs, _):
+        rows = [
+            summarise(
+                f"flagctl -> {watchers} stores",
+                measure(server.url, prefix, changes, procs, False),
+            )
+        ]
+        if raw_changes:
+            rows.append(
+                summarise(
+                    f"raw SET -> {watchers} stores",
+                    measure(server.url, prefix, raw_changes, procs, True),
+                )
+            )
+        return rows
+
+
+@contextmanager
+def _redis_and_watchers(
+    watchers: int, *, subscribers: int
+) -> Iterator[tuple[Any, str, list[Watcher], list[Watcher]]]:
+    """A throw-away Redis with the digits flag, ``watchers`` store processes and ``subscribers``
+    bare pub/sub processes; all stopped by PID on exit."""
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp)).start()
-        procs: list[Watcher] = []
+        stores: list[Watcher] = []
+        listeners: list[Watcher] = []
         try:
             prefix = "bench:"
             _setup(server.url, prefix)
-            procs = [Watcher.start(server.url, prefix) for _ in range(watchers)]
-            rows = [
-                summarise(
-                    f"flagctl -> {watchers} stores",
-                    measure(server.url, prefix, changes, procs, False),
-                )
+            stores = [Watcher.start(server.url, prefix) for _ in range(watchers)]
+            listeners = [
+                Watcher.subscriber(server.url, BASELINE_CHANNEL) for _ in range(subscribers)
             ]
-            if raw_changes:
-                rows.append(
-                    summarise(
-                        f"raw SET -> {watchers} stores",
-                        measure(server.url, prefix, raw_changes, procs, True),
-                    )
-                )
-            return rows
+            yield server, prefix, stores, listeners
         finally:
-            for w in procs:
+            for w in stores + listeners:
                 stop_process(w.proc)
             server.stop()
 
@@ -202,42 +217,35 @@ def run(
                 "rounds": rounds},
     )  # fmt: skip
     pooled: dict[str, list[float]] = {baseline: [], via_flagctl: [], via_raw: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp)).start()
-        procs: list[Watcher] = []
-        try:
-            prefix = "bench:"
-            _setup(server.url, prefix)
-            procs = [Watcher.start(server.url, prefix) for _ in range(watchers)]
-            procs += [Watcher.subscriber(server.url, BASELINE_CHANNEL) for _ in range(watchers)]
-            stores, subscribers = procs[:watchers], procs[watchers:]
-            published = 0
-            for n_changes, n_raw in zip(
-                _split(changes, rounds), _split(raw_changes, rounds), strict=True
+    with _redis_and_watchers(watchers, subscribers=watchers) as (
+        server,
+        prefix,
+        stores,
+        subscribers,
+    ):
+        published = 0
+        for n_changes, n_raw in zip(
+            _split(changes, rounds), _split(raw_changes, rounds), strict=True
+        ):
+            for row, count in (
+                (baseline, n_changes),
+                (via_flagctl, n_changes),
+                (via_raw, n_raw),
             ):
-                for row, count in (
-                    (baseline, n_changes),
-                    (via_flagctl, n_changes),
-                    (via_raw, n_raw),
-                ):
-                    if not count:
-                        continue
-                    if row == baseline:
-                        seconds = measure_baseline(server.url, count, subscribers, published)
-                    else:
-                        seconds = measure(server.url, prefix, count, stores, row == via_raw)
-                    ms = [x * 1000 for x in seconds]
-                    if row == baseline:
-                        published += count
-                    pooled[row] += ms
-                    part.add(row, "changes", len(ms))
-                    part.add(row, "p50_ms", statistics.median(ms))
-                    part.add(row, "p99_ms", percentile(ms, 99))
-                    part.add(row, "max_ms", max(ms))
-        finally:
-            for w in procs:
-                stop_process(w.proc)
-            server.stop()
+                if not count:
+                    continue
+                if row == baseline:
+                    seconds = measure_baseline(server.url, count, subscribers, published)
+                else:
+                    seconds = measure(server.url, prefix, count, stores, row == via_raw)
+                ms = [x * 1000 for x in seconds]
+                if row == baseline:
+                    published += count
+                pooled[row] += ms
+                part.add(row, "changes", len(ms))
+                part.add(row, "p50_ms", statistics.median(ms))
+                part.add(row, "p99_ms", percentile(ms, 99))
+                part.add(row, "max_ms", max(ms))
     for row, ms in pooled.items():
         if ms:
             part.info[row] = summarise(row, [x / 1000 for x in ms])

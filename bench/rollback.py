@@ -21,6 +21,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
+from bench.common import BackgroundLoop
 from bench.report import Metric, PartReport
 from bench.servers import DIGITS_FLAG, sidecar, stack
 from flags import mutations
@@ -34,7 +35,7 @@ OBSERVE_AFTER_S = 0.4  # keep loading this long after the write, so a late candi
 
 
 @dataclass
-class Load:
+class Load(BackgroundLoop):
     """Responses as (sent, received, served version), perf_counter seconds; run in a thread."""
 
     url: str
@@ -42,15 +43,6 @@ class Load:
     errors: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
 
     async def _run(self) -> None:
         client = triton_aio.InferenceServerClient(self.url)

@@ -23,7 +23,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
-from bench.common import process_tree, rss_bytes
+from bench.common import BackgroundLoop, process_tree, rss_bytes
 from bench.report import Metric, PartReport
 from bench.servers import sidecar, stack
 from flags.mutations import ramp
@@ -38,21 +38,12 @@ SAMPLE_EVERY_S = 1.0
 
 
 @dataclass
-class MixedLoad:
+class MixedLoad(BackgroundLoop):
     url: str
     requests: int = 0
     errors: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=30)
 
     async def _run(self) -> None:
         x = np.zeros((1, 64), dtype=np.float32)
