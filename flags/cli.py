@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 error (one line on stderr, never a traceback), 2 usage, 3 re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -424,7 +425,9 @@ def watch(
 ) -> None:
     """Follow flag changes as a sidecar sees them (one JSON line per applied change).
 
-    The output is JSON lines with or without ``--json`` (accepted like on every verb)."""
+    The output is JSON lines with or without ``--json`` (accepted like on every verb). Writes that
+    land faster than Redis delivers their announcements may be applied as one change: the store
+    always loads the latest document, as a sidecar does, so ``--count`` counts applied changes."""
     from flags.snapshot import Snapshot
     from flags.sources.redis_source import RedisFlagSource
     from flags.store import Change, FlagStore
@@ -460,7 +463,9 @@ def watch(
         try:
             await done.wait()
         finally:
-            await source.close()
+            # Bounded: a watcher that reached --count must exit even if Redis stops answering.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(source.close(), timeout=5)
 
     asyncio.run(run())
 

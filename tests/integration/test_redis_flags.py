@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import RedisServer
+from servers import RedisServer, stop_process
 from support import ROOT, digits_flag
 
 from flags import RevisionConflictError, StoreUnavailableError, Subject, evaluate, parse_flag
@@ -99,34 +100,34 @@ def test_flagctl_apply_reaches_a_store_in_another_process(
             "--prefix",
             prefix,
             "watch",
-            "--count",
-            "2",
             "--json",
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
+    seen: queue.Queue[dict[str, Any]] = queue.Queue()
+    assert watcher.stdout is not None
+    threading.Thread(
+        target=lambda out: [seen.put(json.loads(line)) for line in out],
+        args=(watcher.stdout,),
+        daemon=True,
+    ).start()
     try:
-        assert watcher.stdout is not None
-        assert json.loads(watcher.stdout.readline()) == {"ready": True, "flags": {}}
+        assert seen.get(timeout=20) == {"ready": True, "flags": {}}
         assert flagctl("apply", str(flag_file), url=redis_server.url, prefix=prefix).returncode == 0
+        first = seen.get(timeout=5)
+        assert first == {"flag": "digits", "revision": 1, "previous": None}
         assert (
             flagctl(
                 "ramp", "digits", "candidate", "5", url=redis_server.url, prefix=prefix
             ).returncode
             == 0
         )
-        lines = [json.loads(watcher.stdout.readline()) for _ in range(2)]
-        watcher.wait(timeout=20)
+        assert seen.get(timeout=5) == {"flag": "digits", "revision": 2, "previous": 1}
     finally:
-        watcher.kill()
-        watcher.wait(timeout=10)
-    assert lines == [
-        {"flag": "digits", "revision": 1, "previous": None},
-        {"flag": "digits", "revision": 2, "previous": 1},
-    ]
+        stop_process(watcher)  # type: ignore[arg-type]
 
 
 def test_raw_set_without_publish_is_seen_within_a_second(
