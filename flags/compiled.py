@@ -113,7 +113,9 @@ class CompiledFlag:
         fixed = None
         split = None
         if rule.serve is not None:
-            fixed = self._outcome(rule.serve, Reason.TARGETING_MATCH, exposed=True, rule=name)
+            # Targeted, not exposed: the rule chose this variant, no split did, so these users are
+            # not part of the comparison.
+            fixed = self._outcome(rule.serve, Reason.TARGETING_MATCH, exposed=False, rule=name)
         else:
             assert rule.split is not None  # schema guarantees exactly one of serve/split
             split = self._split_table(rule.split, Reason.TARGETING_MATCH, name)

@@ -47,9 +47,10 @@ class Subject:
 class Resolution:
     """The outcome of evaluating one flag for one subject.
 
-    ``exposed`` is True when the subject counts as part of the experiment (a rule matched or the
-    split assigned them); users outside coverage get the default without being exposed, which is
-    what keeps A/B comparisons fair while a rollout is partial.
+    ``exposed`` is True when the subject counts as part of the experiment: a split (the
+    allocation's or a rule's) put them in their variant. Users a rule serves directly (allow-lists,
+    ``serve`` rules) are *targeted*, not exposed; users outside coverage get the default without
+    being exposed. That is what keeps A/B comparisons fair while a rollout is partial.
     """
 
     flag_key: str

@@ -3,8 +3,15 @@
 RequestError                      the request cannot be served as sent
 ├── InvalidRequest                INVALID_ARGUMENT: fix the request (message says how)
 ├── UnknownModel                  NOT_FOUND
-└── PinningForbidden              FAILED_PRECONDITION: the flag forbids explicit versions
+├── PinningForbidden              FAILED_PRECONDITION: the flag forbids explicit versions
+├── NoFlag                        FAILED_PRECONDITION: no flag and no stable version configured
+└── Overloaded                    RESOURCE_EXHAUSTED: shed (too many in flight, or the deadline
+                                  is shorter than the stable version needs)
 BackendError (sidecar.backends)   mapped by its ErrorKind
+anything else                     INTERNAL (a bug: logged with its traceback, costs one request)
+
+:func:`status_for` is the one place that picks a gRPC status; the server interceptor
+(:mod:`sidecar.interceptor`) calls it for every method of every service.
 """
 
 from __future__ import annotations
@@ -32,6 +39,14 @@ class UnknownModel(RequestError):
 
 class PinningForbidden(RequestError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class NoFlag(RequestError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Overloaded(RequestError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 _BACKEND_CODES = {

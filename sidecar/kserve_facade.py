@@ -13,7 +13,7 @@ there the request is parsed as usual.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -21,13 +21,11 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as kserve
 
 import sidecar
-from flags.schema import Scalar
 from flags.store import FlagStore
-from sidecar import wire
-from sidecar.backends.base import RawInferenceBackend
+from sidecar import render, wire
+from sidecar.calls import MessageCall, RawCall, set_parameter
 from sidecar.errors import InvalidRequest
-from sidecar.grpc_errors import grpc_errors
-from sidecar.routing import MessageCall, RawCall, Routed, Router, set_parameter
+from sidecar.routing import Router
 from sidecar.subjects import SubjectRules, subject_from_metadata
 from sidecar.telemetry import metadata_dict
 from sidecar.tensors import check_inputs, check_message
@@ -37,12 +35,23 @@ SERVICE = "inference.GRPCInferenceService"
 
 
 class KServeFacade:
-    def __init__(self, router: Router, store: FlagStore, rules: SubjectRules) -> None:
+    def __init__(
+        self,
+        router: Router,
+        store: FlagStore,
+        rules: SubjectRules,
+        *,
+        forward_raw: bool,
+        serving: Callable[[], bool],
+    ) -> None:
+        """``forward_raw``: pass requests to the backend as the bytes the client sent (the
+        composition root decides, from the backend it built). ``serving``: the sidecar's
+        readiness, as its health service reports it."""
         self._router = router
         self._store = store
         self._rules = rules
-        # Decided once: a runtime-checkable isinstance costs microseconds per request.
-        self._raw = isinstance(router.backend, RawInferenceBackend)
+        self._raw = forward_raw
+        self._serving = serving
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's method handlers; methods not listed answer UNIMPLEMENTED."""
@@ -97,8 +106,7 @@ class KServeFacade:
     async def ServerReady(
         self, request: kserve.ServerReadyRequest, context: Context
     ) -> kserve.ServerReadyResponse:
-        ready = self._store.health.loaded and await self._router.backend.server_ready()
-        return kserve.ServerReadyResponse(ready=ready)
+        return kserve.ServerReadyResponse(ready=self._serving())
 
     async def ServerMetadata(
         self, request: kserve.ServerMetadataRequest, context: Context
@@ -107,7 +115,6 @@ class KServeFacade:
             name="trafficsplit", version=sidecar.__version__, extensions=[]
         )
 
-    @grpc_errors
     async def ModelReady(
         self, request: kserve.ModelReadyRequest, context: Context
     ) -> kserve.ModelReadyResponse:
@@ -116,7 +123,6 @@ class KServeFacade:
             ready=await self._router.backend.model_ready(model, version)
         )
 
-    @grpc_errors
     async def ModelMetadata(
         self, request: kserve.ModelMetadataRequest, context: Context
     ) -> kserve.ModelMetadataResponse:
@@ -125,14 +131,12 @@ class KServeFacade:
         response.name = request.name
         return response
 
-    @grpc_errors
     async def ModelConfig(
         self, request: kserve.ModelConfigRequest, context: Context
     ) -> kserve.ModelConfigResponse:
         model, version = self._backend_target(request.name, request.version)
         return await self._router.backend.model_config(model, version)
 
-    @grpc_errors
     async def ModelInfer(self, raw: bytes, context: Context) -> bytes:
         try:
             header = wire.read_request_header(raw)
@@ -154,11 +158,8 @@ class KServeFacade:
                 rpc="ModelInfer",
                 metadata=invocation,
             )
-            context.set_trailing_metadata(_trailing(routed))
-            plan = routed.plan
-            return bytes(routed.response) + _response_suffix(
-                plan.flag, plan.variant, plan.reason, plan.revision, routed.fallback
-            )
+            context.set_trailing_metadata(render.trailing_metadata(routed.assignment))
+            return bytes(routed.response) + render.response_suffix(routed.assignment)
         try:
             request = kserve.ModelInferRequest.FromString(raw)
         except DecodeError as exc:  # e.g. invalid UTF-8 in a string field
@@ -168,44 +169,8 @@ class KServeFacade:
             MessageCall(request), subject, timeout=timeout, rpc="ModelInfer", metadata=invocation
         )
         response: kserve.ModelInferResponse = routed.response
-        response.model_version = routed.served_version
-        for key, value in _parameters(routed).items():
+        response.model_version = routed.assignment.served_version
+        for key, value in render.response_parameters(routed.assignment).items():
             set_parameter(response.parameters[key], value)
-        context.set_trailing_metadata(_trailing(routed))
+        context.set_trailing_metadata(render.trailing_metadata(routed.assignment))
         return bytes(response.SerializeToString())
-
-
-@functools.lru_cache(maxsize=4096)
-def _response_suffix(flag: str, variant: str, reason: str, revision: int, fallback: bool) -> bytes:
-    """The assignment as response parameters, appended to Triton's reply (constant per cohort)."""
-    return wire.parameter_entries(
-        wire.RESPONSE_PARAMETERS, _assignment(flag, variant, reason, revision, fallback)
-    )
-
-
-def _parameters(routed: Routed) -> dict[str, Scalar]:
-    plan = routed.plan
-    return _assignment(plan.flag, plan.variant, plan.reason, plan.revision, routed.fallback)
-
-
-def _assignment(
-    flag: str, variant: str, reason: str, revision: int, fallback: bool
-) -> dict[str, Scalar]:
-    """The response parameters that tell the caller its assignment (docs/api.md)."""
-    return {
-        "trafficsplit.flag": flag,
-        "trafficsplit.variant": variant,
-        "trafficsplit.reason": reason,
-        "trafficsplit.fallback": fallback,
-        "trafficsplit.flag_revision": revision,
-    }
-
-
-def _trailing(routed: Routed) -> tuple[tuple[str, str], ...]:
-    return (
-        ("x-trafficsplit-flag", routed.plan.flag),
-        ("x-trafficsplit-variant", routed.plan.variant),
-        ("x-trafficsplit-reason", routed.plan.reason),
-        ("x-trafficsplit-model-version", routed.served_version),
-        ("x-trafficsplit-fallback", "true" if routed.fallback else "false"),
-    )

@@ -27,7 +27,7 @@ async def serve(argv: Sequence[str] | None = None) -> int:
         address = await sidecar.start()
     except Exception as exc:
         log.error("cannot start: %s", exc)
-        await sidecar.stop(grace=0)
+        await sidecar.stop(grace=0, drain_delay=0)
         return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -39,7 +39,12 @@ async def serve(argv: Sequence[str] | None = None) -> int:
         event["metrics"] = f"http://{sidecar.metrics_address}/metrics"
     print(json.dumps(event), flush=True)
     await stop.wait()
-    log.info("shutting down: health NOT_SERVING, draining for up to %.1fs", settings.grace_s)
+    log.info(
+        "shutting down: health NOT_SERVING, accepting for %.1fs more, then draining for up to "
+        "%.1fs",
+        settings.drain_delay_s,
+        settings.grace_s,
+    )
     await sidecar.stop()
     return 0
 

@@ -1,13 +1,20 @@
-"""Prometheus metrics per (flag, variant, served version, status), plus flag-store state.
+"""Prometheus metrics: one series set per experiment group, keyed by the attempted target.
 
-Request counters are aggregated in memory by prometheus_client (a few hundred ns per update, no
-I/O) and scraped from ``--metrics-listen``. Store state (revision per flag, staleness, rejected
-documents) is read from the store at scrape time by a collector, never pushed from the hot path.
+Request series carry ``membership`` (exposed, targeted, not_in_experiment, pinned, unflagged), so
+the experiment's groups are never mixed with pinned golden-set runs or users outside coverage,
+and ``outcome`` (served, fallback_<cause>, failed): fallback is an outcome, not a membership.
+Failed requests are timed too. Attempt series are keyed by the (backend, model, version) that
+was *attempted*, so a candidate's failures count against the candidate even when the default
+variant answered. Durations use one bucket scheme (:mod:`sidecar.latency`).
+
+Counters are aggregated in memory by prometheus_client (a few hundred ns per update, no I/O) by
+the :class:`MetricsObserver`; circuit, readiness and flag-store state are read at scrape time by
+collectors, never pushed from the hot path. Every series is described in docs/operations.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -15,64 +22,75 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from flags.store import FlagStore
-
-LATENCY_BUCKETS = (
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    10,
-)
+from sidecar.circuit import CircuitBreaker, CircuitState
+from sidecar.latency import PROMETHEUS_BUCKETS
+from sidecar.observers import Exchange, Observer
+from sidecar.outcome import RequestOutcome
 
 
 class SidecarMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        labels = ("flag", "variant", "version", "status")
+        r = self.registry
         self.requests = Counter(
             "trafficsplit_requests",
-            "Inference requests by cohort and served version.",
-            labels,
-            registry=self.registry,
+            "Inference requests by experiment group, served version, outcome and gRPC status.",
+            ("flag", "variant", "membership", "model", "version", "outcome", "status"),
+            registry=r,
         )
         self.latency = Histogram(
             "trafficsplit_request_duration_seconds",
-            "Sidecar latency per request (routing plus backend).",
-            ("flag", "variant", "version"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            "Sidecar latency per request, failed ones included (routing plus backend calls).",
+            ("flag", "variant", "membership", "outcome"),
+            buckets=PROMETHEUS_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "trafficsplit_attempts",
+            "Backend calls by attempted target and result (OK, an error kind, or CIRCUIT_OPEN / "
+            "NOT_READY for calls skipped).",
+            ("flag", "membership", "backend", "model", "version", "result"),
+            registry=r,
+        )
+        self.attempt_latency = Histogram(
+            "trafficsplit_attempt_duration_seconds",
+            "Duration of each backend call, by attempted target (skipped calls not included).",
+            ("flag", "backend", "model", "version"),
+            buckets=PROMETHEUS_BUCKETS,
+            registry=r,
         )
         self.fallbacks = Counter(
             "trafficsplit_fallbacks",
-            "Requests the default variant answered "
-            "because the cohort's version failed (cause: error | circuit_open).",
+            "Requests the default variant answered because the cohort's version did not "
+            "(cause: error | timeout | circuit_open | not_ready).",
             ("flag", "from_version", "to_version", "cause"),
-            registry=self.registry,
+            registry=r,
         )
-
-        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
-
-    def observe(self, flag: str, variant: str, version: str, status: str, seconds: float) -> None:
-        key = (flag, variant, version, status)
-        children = self._children.get(key)
-        if children is None:  # labels() costs a lock and a tuple per call: look it up once
-            children = (self.requests.labels(*key), self.latency.labels(flag, variant, version))
-            self._children[key] = children
-        children[0].inc()
-        if status == "OK":
-            children[1].observe(seconds)
+        self.assignments = Counter(
+            "trafficsplit_assignments",
+            "Assign calls (the assignment alone, no inference).",
+            ("flag", "variant", "membership"),
+            registry=r,
+        )
+        self.errors = Counter(
+            "trafficsplit_grpc_errors",
+            "Calls answered with an error status, by method and code (bad input included).",
+            ("method", "status"),
+            registry=r,
+        )
 
     def watch_store(self, store: FlagStore) -> None:
         self.registry.register(_StoreCollector(store))
+
+    def watch_breaker(self, breaker: CircuitBreaker) -> None:
+        self.registry.register(_BreakerCollector(breaker))
+
+    def watch_readiness(
+        self, unready: Callable[[], Mapping[str, str]], known: Callable[[], Any]
+    ) -> None:
+        """``unready()``: version key → reason for versions flags route to that are not ready;
+        ``known()``: every version key readiness checks."""
+        self.registry.register(_ReadinessCollector(unready, known))
 
     def serve(self, listen: str) -> int:
         """Expose ``/metrics`` over HTTP on ``host:port`` (a daemon thread); returns the port."""
@@ -81,6 +99,100 @@ class SidecarMetrics:
             int(port), addr=host or "127.0.0.1", registry=self.registry
         )
         return int(server.server_port)
+
+
+class MetricsObserver(Observer):
+    """Records each settled request into :class:`SidecarMetrics` (label children cached: a
+    ``labels()`` call costs a lock and a tuple)."""
+
+    def __init__(self, metrics: SidecarMetrics) -> None:
+        self._m = metrics
+        self._requests: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._attempts: dict[tuple[str, ...], tuple[Any, Any]] = {}
+
+    def on_settled(self, exchange: Exchange, outcome: RequestOutcome) -> None:
+        a = outcome.assignment
+        m = self._m
+        settlement = outcome.settlement
+        key = (a.flag, a.variant, a.membership, a.served.model, a.served_version, settlement,
+               outcome.status)  # fmt: skip
+        children = self._requests.get(key)
+        if children is None:
+            children = self._requests[key] = (
+                m.requests.labels(*key),
+                m.latency.labels(a.flag, a.variant, a.membership, settlement),
+            )
+        children[0].inc()
+        children[1].observe(outcome.seconds)
+        for attempt in outcome.attempts:
+            akey = (a.flag, a.membership, attempt.backend, attempt.model, attempt.version,
+                    attempt.result)  # fmt: skip
+            achildren = self._attempts.get(akey)
+            if achildren is None:
+                achildren = self._attempts[akey] = (
+                    m.attempts.labels(*akey),
+                    m.attempt_latency.labels(
+                        a.flag, attempt.backend, attempt.model, attempt.version
+                    ),
+                )
+            achildren[0].inc()
+            if attempt.sent:
+                achildren[1].observe(attempt.seconds)
+        if a.fallback is not None:
+            m.fallbacks.labels(a.flag, a.plan.primary.version, a.served_version, a.fallback).inc()
+
+    def on_assign(self, exchange: Exchange) -> None:
+        a = exchange.assignment
+        assert a is not None
+        self._m.assignments.labels(a.flag, a.variant, a.membership).inc()
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "trafficsplit_circuit_state",
+            "1 for the state each model version's circuit is in (closed, open, half_open); "
+            "versions that never failed are closed and not listed.",
+            labels=["target", "state"],
+        )
+        for key, current in self._breaker.states().items():
+            for option in CircuitState:
+                state.add_metric([key, option], 1 if option is current else 0)
+        yield state
+        yield CounterMetricFamily(
+            "trafficsplit_circuit_opens",
+            "Times a circuit opened after a burst of failures.",
+            value=self._breaker.opened,
+        )
+        probes = CounterMetricFamily(
+            "trafficsplit_circuit_probes",
+            "Half-open probes by how they ended (succeeded, failed, released: the call told "
+            "nothing about the version, e.g. a client error or a cancellation).",
+            labels=["result"],
+        )
+        for result, count in self._breaker.probes.items():
+            probes.add_metric([result], count)
+        yield probes
+
+
+class _ReadinessCollector(Collector):
+    def __init__(self, unready: Callable[[], Mapping[str, str]], known: Callable[[], Any]) -> None:
+        self._unready = unready
+        self._known = known
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        unready = self._unready()
+        ready = GaugeMetricFamily(
+            "trafficsplit_version_ready",
+            "1 when a model version some flag routes to is ready on the backend, else 0.",
+            labels=["target"],
+        )
+        for key in sorted(self._known()):
+            ready.add_metric([key], 0 if key in unready else 1)
+        yield ready
 
 
 class _StoreCollector(Collector):

@@ -9,10 +9,10 @@ from tritonclient.grpc import service_pb2 as kserve
 from flags import Subject
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
+from sidecar.calls import MessageCall
 from sidecar.errors import InvalidRequest
-from sidecar.grpc_errors import grpc_errors
-from sidecar.plan import Hop, RoutePlan
-from sidecar.routing import MessageCall, Router
+from sidecar.outcome import Assignment
+from sidecar.routing import Router
 from sidecar.subjects import SubjectRules, checked_subject
 from sidecar.tensors import check_message
 
@@ -29,7 +29,6 @@ class NativeService(pb_grpc.TrafficSplitServicer):
             subject.id, dict(subject.attributes), self._rules, where="`subject.id`"
         )
 
-    @grpc_errors
     async def Infer(self, request: pb.InferRequest, context: Context) -> pb.InferResponse:
         if not request.model:
             raise InvalidRequest("`model` is required: the model name the app asks for")
@@ -58,37 +57,35 @@ class NativeService(pb_grpc.TrafficSplitServicer):
             for o, raw in zip(response.outputs, response.raw_output_contents, strict=False)
         ]
         return pb.InferResponse(
-            assignment=assignment(
-                routed.plan, routed.served, routed.served_version, routed.fallback
-            ),
+            assignment=to_proto(routed.assignment),
             outputs=outputs,
             request_id=response.id or request.request_id,
         )
 
-    @grpc_errors
     async def Assign(self, request: pb.AssignRequest, context: Context) -> pb.AssignResponse:
         if not request.model:
             raise InvalidRequest("`model` is required: the model name the app asks for")
-        plan = self._router.assign(
+        assigned = self._router.assign(
             request.model,
             self._subject(request.subject),
             metadata=context.invocation_metadata() or (),
         )
-        return pb.AssignResponse(
-            assignment=assignment(plan, plan.primary, plan.primary.version, False)
-        )
+        return pb.AssignResponse(assignment=to_proto(assigned))
 
 
-def assignment(plan: RoutePlan, served: Hop, version: str, fallback: bool) -> pb.Assignment:
+def to_proto(a: Assignment) -> pb.Assignment:
+    """The native rendering of an assignment (the other surfaces are in sidecar.render)."""
     return pb.Assignment(
-        flag=plan.flag,
-        variant=plan.variant,
-        model=served.model,
-        model_version=version,
-        reason=plan.reason,
-        fallback=fallback,
-        flag_revision=plan.revision,
-        rule=plan.rule or "",
-        exposed=plan.exposed,
-        parameters={k: str(v) for k, v in plan.primary.parameters.items()},
+        flag=a.flag,
+        variant=a.variant,
+        model=a.served.model,
+        model_version=a.served_version,
+        reason=a.reason,
+        fallback=a.fallback is not None,
+        flag_revision=a.revision,
+        rule=a.plan.rule or "",
+        exposed=a.exposed,
+        parameters={k: str(v) for k, v in a.served.parameters.items()},
+        membership=str(a.membership),
+        fallback_cause=str(a.fallback or ""),
     )

@@ -2,11 +2,18 @@
 
 Given the snapshot, the model the app asked for, an optional pinned version and the subject, a
 :class:`RoutePlan` says which model version to call first, which to fall back to if that fails,
-and what to report. No I/O: the router executes the plan.
+and how the request relates to the experiment (its :class:`Membership`). No I/O: the router
+executes the plan.
+
+Fail safe: a model without a flag is served only by a version an operator chose statically
+(``--stable model=version``), or, if the operator opted in (``--unflagged passthrough``), as the
+caller asked. Otherwise it is refused, because forwarding without a version lets the backend pick
+its newest version, which is typically the candidate under test.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -15,11 +22,22 @@ from flags import ErrorCode, Reason, Subject, evaluate
 from flags.compiled import CompiledFlag
 from flags.schema import Scalar, Target
 from sidecar import wire
-from sidecar.errors import PinningForbidden
+from sidecar.errors import NoFlag, PinningForbidden
 
-NO_FLAG = "NO_FLAG"  # the model has no flag: served as requested
+NO_FLAG = "NO_FLAG"  # the model has no flag; unflagged passthrough: served as requested
+STABLE = "STABLE"  # the model has no flag; served by the operator's --stable version
 ANONYMOUS = "ANONYMOUS"  # no user id, anonymous traffic allowed: the default variant
 _EMPTY: Mapping[str, Scalar] = MappingProxyType({})
+
+
+class Membership(enum.StrEnum):
+    """How a request relates to the experiment: the label every series and span carries."""
+
+    EXPOSED = "exposed"  # a split (the allocation's or a rule's) chose the variant: compared
+    TARGETED = "targeted"  # an allow-list or `serve` rule chose it: not in the comparison
+    NOT_IN_EXPERIMENT = "not_in_experiment"  # outside coverage, flag off, anonymous, error
+    PINNED = "pinned"  # the caller named the version (golden sets, debugging)
+    UNFLAGGED = "unflagged"  # the model has no flag (stable pin or passthrough)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +52,12 @@ class Hop:
 
     @property
     def key(self) -> str:
-        """Identifies the model version for the circuit breaker."""
+        """Identifies the model version for the circuit breaker and readiness."""
         return f"{self.model}:{self.version}"
 
     def suffix_for(self, caller_keys: frozenset[str]) -> bytes:
+        """The bytes that retarget a serialized request to this hop; parameters the caller set
+        itself are kept (precomputed when the caller set none, which is the common case)."""
         if self.wire_suffix and not caller_keys:
             return self.wire_suffix
         return wire.retarget(self.model, self.version, self.parameters, caller_keys)
@@ -61,6 +81,14 @@ _HOPS: dict[int, tuple[Target, Hop]] = {}
 
 
 @dataclass(frozen=True, slots=True)
+class UnflaggedPolicy:
+    """What serves a model that has no flag: a static stable version, or (opt-in) passthrough."""
+
+    stable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    passthrough: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePlan:
     flag: str  # "" when the model has no flag
     variant: str  # the cohort; "" when there is no flag
@@ -69,19 +97,24 @@ class RoutePlan:
     fallback: Hop | None  # the default variant, when the cohort's version may fail over to it
     revision: int = 0
     rule: str | None = None
-    exposed: bool = False
+    membership: Membership = Membership.NOT_IN_EXPERIMENT
+
+    @property
+    def exposed(self) -> bool:
+        return self.membership is Membership.EXPOSED
 
 
 def plan_route(
-    snapshot: Mapping[str, CompiledFlag], model: str, pinned_version: str, subject: Subject
+    snapshot: Mapping[str, CompiledFlag],
+    model: str,
+    pinned_version: str,
+    subject: Subject,
+    unflagged: UnflaggedPolicy = UnflaggedPolicy(),  # frozen: sharing the default is safe
 ) -> RoutePlan:
-    """Decide the route for one request. Raises PinningForbidden; never raises otherwise."""
+    """Decide the route for one request. Raises PinningForbidden or NoFlag; never otherwise."""
     resolution = evaluate(snapshot, model, subject)
     if resolution.error_code == ErrorCode.FLAG_NOT_FOUND or resolution.target is None:
-        # No experiment on this model: the sidecar is a transparent proxy.
-        return RoutePlan(
-            flag="", variant="", reason=NO_FLAG, primary=Hop(model, pinned_version), fallback=None
-        )
+        return _unflagged(model, pinned_version, unflagged)
     flag = snapshot[model]
     if pinned_version:
         return _pinned(flag, model, pinned_version, resolution.target)
@@ -92,6 +125,12 @@ def plan_route(
     default = flag.spec.variants[flag.spec.default_variant]
     primary = Hop.of(resolution.target)
     can_fall_back = variant != flag.spec.default_variant and default != resolution.target
+    if resolution.exposed:
+        membership = Membership.EXPOSED
+    elif resolution.reason is Reason.TARGETING_MATCH:
+        membership = Membership.TARGETED
+    else:
+        membership = Membership.NOT_IN_EXPERIMENT
     return RoutePlan(
         flag=flag.key,
         variant=variant,
@@ -100,7 +139,24 @@ def plan_route(
         fallback=Hop.of(default) if can_fall_back else None,
         revision=resolution.revision,
         rule=resolution.rule,
-        exposed=resolution.exposed,
+        membership=membership,
+    )
+
+
+def _unflagged(model: str, pinned_version: str, policy: UnflaggedPolicy) -> RoutePlan:
+    if pinned_version:  # the caller chose the version explicitly
+        return RoutePlan("", "", str(Reason.PINNED), Hop(model, pinned_version), None,
+                         membership=Membership.PINNED)  # fmt: skip
+    stable = policy.stable.get(model)
+    if stable is not None:
+        return RoutePlan("", "", STABLE, Hop(model, stable), None, membership=Membership.UNFLAGGED)
+    if policy.passthrough:
+        return RoutePlan("", "", NO_FLAG, Hop(model, ""), None, membership=Membership.UNFLAGGED)
+    raise NoFlag(
+        f"model {model!r} has no flag, so no version was chosen for it and the sidecar will not "
+        f"let the backend pick one (it would pick the newest, typically the candidate). Apply a "
+        f"flag (flagctl apply), or start the sidecar with --stable {model}=VERSION, "
+        f"--bootstrap-flags FILE, or --unflagged passthrough"
     )
 
 
@@ -121,4 +177,5 @@ def _pinned(flag: CompiledFlag, model: str, version: str, assigned: Target) -> R
         primary=hop,
         fallback=None,
         revision=flag.revision,
+        membership=Membership.PINNED,
     )

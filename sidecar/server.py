@@ -1,12 +1,18 @@
-"""The composition root: builds the store, flag source, backend, router and gRPC server from one
-:class:`Settings`, and runs them. Nothing here runs at import time."""
+"""The composition root: builds the store, flag source, backend, router, observers and gRPC
+server from one :class:`Settings`, and runs them. Nothing here runs at import time.
+
+Decisions made here and nowhere else: which backend, whether requests are forwarded as raw bytes
+(backends that accept them: Triton) or parsed (the embedded engine), which observers watch the
+request path (tracing only when spans go somewhere), and the fail-safe policy for models without a
+flag (``--stable`` pins, ``--unflagged``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,21 +25,27 @@ from flags.sources import FileFlagSource, FlagSource, RedisFlagSource
 from flags.store import FlagStore
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
-from sidecar.backends.base import BackendError, InferenceBackend
+from sidecar.backends.base import BackendError, InferenceBackend, RawInferenceBackend
+from sidecar.circuit import CircuitBreaker
+from sidecar.fallback import FallbackPolicy
+from sidecar.interceptor import ErrorInterceptor
 from sidecar.kserve_facade import KServeFacade
-from sidecar.metrics import SidecarMetrics
+from sidecar.metrics import MetricsObserver, SidecarMetrics
 from sidecar.native_api import NativeService
+from sidecar.observers import FallbackLog, Observer, Observers, TraceContextPassthrough
+from sidecar.plan import UnflaggedPolicy
+from sidecar.readiness import VersionReadiness, default_targets, flag_targets, key_of
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
+from sidecar.tracing import TracingObserver
 
 log = logging.getLogger("sidecar.server")
 
 KSERVE_SERVICE = kserve.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 NATIVE_SERVICE = pb.DESCRIPTOR.services_by_name["TrafficSplit"].full_name
-HEALTH_INTERVAL_S = 0.5
 
 
 def build_backend(settings: Settings) -> InferenceBackend:
@@ -54,6 +66,21 @@ def build_source(settings: Settings, store: FlagStore) -> FlagSource:
     return FileFlagSource(settings.flags_file, store)
 
 
+def build_observers(
+    metrics: SidecarMetrics, tracer_provider: TracerProvider, *, tracing: bool, trace_user_id: bool
+) -> Observer:
+    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog()]
+    if tracing:
+        observers.append(
+            TracingObserver(
+                tracer_provider.get_tracer("trafficsplit.sidecar"), trace_user_id=trace_user_id
+            )
+        )
+    else:  # no spans at all: the caller's trace context is passed through as it came
+        observers.append(TraceContextPassthrough())
+    return Observers(observers)
+
+
 @dataclass
 class Sidecar:
     """A running sidecar. ``start()`` returns the bound address; ``stop()`` drains gracefully."""
@@ -65,11 +92,14 @@ class Sidecar:
     router: Router
     tracer_provider: TracerProvider
     metrics: SidecarMetrics
+    readiness: VersionReadiness
     server: grpc.aio.Server | None = None
     metrics_address: str = ""
     health: health.aio.HealthServicer | None = None
     address: str = ""
+    serving: bool = False
     _health_task: asyncio.Task[None] | None = None
+    _not_serving_reasons: list[str] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -84,20 +114,46 @@ class Sidecar:
         backend = backend or build_backend(settings)
         metrics = SidecarMetrics()
         metrics.watch_store(store)
+        breaker = CircuitBreaker(
+            threshold=settings.breaker_threshold,
+            cool_down_s=settings.breaker_cool_down_s,
+            max_open_s=settings.breaker_max_open_s,
+        )
+        metrics.watch_breaker(breaker)
+        readiness = VersionReadiness()
+        metrics.watch_readiness(readiness.unready, readiness.known)
+        observer = build_observers(
+            metrics,
+            provider,
+            tracing=tracer_provider is not None or tracing_enabled(),
+            trace_user_id=settings.trace_user_id,
+        )
         router = Router(
             store,
             backend,
-            provider.get_tracer("trafficsplit.sidecar"),
+            observer=observer,
             budget=RetryBudget(
                 ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
             ),
-            metrics=metrics,
+            breaker=breaker,
+            policy=FallbackPolicy(attempt_share=settings.attempt_share),
+            readiness=readiness,
+            unflagged=UnflaggedPolicy(
+                stable=settings.stable_versions(),
+                passthrough=settings.unflagged == "passthrough",
+            ),
             default_timeout_s=settings.default_timeout_s,
-            trace_user_id=settings.trace_user_id,
-            tracing=tracer_provider is not None or tracing_enabled(),
+            max_in_flight=settings.max_in_flight,
         )
         return cls(
-            settings, store, build_source(settings, store), backend, router, provider, metrics
+            settings,
+            store,
+            build_source(settings, store),
+            backend,
+            router,
+            provider,
+            metrics,
+            readiness,
         )
 
     def _rules(self) -> SubjectRules:
@@ -113,17 +169,29 @@ class Sidecar:
 
     async def start(self) -> str:
         await self.backend.start()
+        if self.settings.bootstrap_flags is not None:
+            FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
+            self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
         await self.source.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
+            interceptors=(ErrorInterceptor(self._count_error),),
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         rules = self._rules()
-        server.add_generic_rpc_handlers((KServeFacade(self.router, self.store, rules).handler(),))
+        facade = KServeFacade(
+            self.router,
+            self.store,
+            rules,
+            # Decided here, once: a runtime-checkable isinstance costs microseconds per request.
+            forward_raw=isinstance(self.backend, RawInferenceBackend),
+            serving=lambda: self.serving,
+        )
+        server.add_generic_rpc_handlers((facade.handler(),))
         pb_grpc.add_TrafficSplitServicer_to_server(NativeService(self.router, rules), server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -150,12 +218,47 @@ class Sidecar:
         )
         return self.address
 
+    def _count_error(self, method: str, status: str) -> None:
+        self.metrics.errors.labels(method, status).inc()
+
     async def _update_health(self) -> bool:
+        """Check the backend and every flagged version; publish SERVING or NOT_SERVING."""
+        reasons: list[str] = []
         try:
             backend_ready = await self.backend.server_ready()
         except BackendError:
             backend_ready = False
-        serving = self.store.health.loaded and backend_ready
+        if not backend_ready:
+            reasons.append(f"backend {self.backend.name} not ready")
+        snapshot = self.store.snapshot
+        unready = await self.readiness.refresh(
+            self.backend,
+            flag_targets(snapshot, self.settings.stable_versions()),
+            on_ready_again=self.router.breaker.reset,
+        )
+        has_routes = (
+            self.store.health.loaded
+            or bool(self.settings.stable)
+            or self.settings.unflagged == "passthrough"
+        )
+        if not has_routes:
+            reasons.append("no flags loaded and no --stable version configured")
+        if self.settings.require_default_ready:
+            missing = [key_of(*t) for t in default_targets(snapshot) if key_of(*t) in unready]
+            if missing:
+                reasons.append(f"default versions not ready: {', '.join(sorted(missing))}")
+        serving = not reasons
+        if reasons != self._not_serving_reasons:
+            if reasons:
+                log.warning("NOT_SERVING: %s", "; ".join(reasons))
+            elif self._not_serving_reasons:
+                log.info("SERVING again")
+            self._not_serving_reasons = reasons
+        await self._publish(serving)
+        return serving
+
+    async def _publish(self, serving: bool) -> None:
+        self.serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -164,12 +267,14 @@ class Sidecar:
         assert self.health is not None
         for service in ("", KSERVE_SERVICE, NATIVE_SERVICE):
             await self.health.set(service, status)
-        return serving
 
     async def _watch_health(self) -> None:
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
-            await self._update_health()
+            await asyncio.sleep(self.settings.readiness_interval_s)
+            try:
+                await self._update_health()
+            except Exception:  # a bug here must not stop health updates for good
+                log.exception("health check failed")
 
     async def wait_until_serving(self, timeout: float) -> bool:
         async with asyncio.timeout(timeout):
@@ -177,14 +282,21 @@ class Sidecar:
                 await asyncio.sleep(0.05)
         return True
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING first (load balancers stop sending), then drain, then close."""
+    async def stop(self, grace: float | None = None, *, drain_delay: float | None = None) -> None:
+        """Health NOT_SERVING first, keep serving for the drain delay (load balancers and
+        Kubernetes need that long to stop sending), then stop accepting, finish in-flight work
+        within the grace period, and close."""
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         if self.health is not None:
+            self.serving = False
             await self.health.enter_graceful_shutdown()
+        delay = self.settings.drain_delay_s if drain_delay is None else drain_delay
+        if self.server is not None and delay > 0:
+            log.info("draining: NOT_SERVING, still accepting for %.1fs", delay)
+            await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
         await self.source.close()

@@ -1,119 +1,127 @@
 """Sidecar configuration: one frozen object, parsed once at start-up.
 
-Precedence: command-line argument > environment variable > default. Nothing reads the environment
-anywhere else (OpenTelemetry's standard ``OTEL_*`` variables excepted: its SDK reads them).
+Each setting is declared once, as a field of :class:`Settings` whose metadata holds its help
+text; the command-line option (``--field-name``) and the environment variable
+(``TRAFFICSPLIT_FIELD_NAME``) are derived from it. Precedence: argument > environment > default.
+Nothing reads the environment anywhere else (OpenTelemetry's standard ``OTEL_*`` variables
+excepted: its SDK reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from flags.redis_keys import DEFAULT_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
+ENV_PREFIX = "TRAFFICSPLIT_"
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    listen: str = "127.0.0.1:8500"
-    metrics_listen: str = ""  # host:port for Prometheus /metrics; empty = off
-    redis_url: str | None = None
-    redis_prefix: str = DEFAULT_PREFIX
-    flags_file: Path = ROOT / "deploy" / "flags" / "digits.json"
-    snapshot_file: Path | None = None
-    triton_url: str | None = None
-    model_repository: Path = ROOT / "triton_models"
-    batch_delay_ms: float = 0.0
-    user_id_header: str = "x-user-id"
-    attribute_prefix: str = "x-attr-"
-    allow_anonymous: bool = False
-    trace_user_id: bool = False
-    max_message_bytes: int = 64 * MIB
-    max_user_id_length: int = 256
-    max_attributes: int = 64
-    max_attribute_length: int = 1024
-    default_timeout_s: float = 30.0
-    retry_budget_ratio: float = 0.1
-    retry_budget_min_per_s: float = 10.0
-    log_level: str = "INFO"
-    grace_s: float = 5.0
+    listen: str = _setting("127.0.0.1:8500", "host:port to serve on (loopback unless you say so)")
+    metrics_listen: str = _setting("", "host:port serving Prometheus /metrics (off when unset)")
+    redis_url: str | None = _setting(
+        None, "flags from Redis (redis://, rediss://, redis+sentinel://)"
+    )
+    redis_prefix: str = _setting(DEFAULT_PREFIX, "Redis key prefix")
+    flags_file: Path = _setting(
+        ROOT / "deploy" / "flags" / "digits.json", "flags from this JSON/YAML file when no Redis"
+    )
+    bootstrap_flags: Path | None = _setting(
+        None,
+        "flags served until Redis answers (a JSON/YAML file in the --flags-file format); Redis "
+        "replaces them once reachable",
+    )
+    snapshot_file: Path | None = _setting(None, "save/restore the last good flags here")
+    stable: tuple[str, ...] = _setting(
+        (),
+        "MODEL=VERSION: serve this version of a model that has no flag (repeatable; the "
+        "environment variable takes a comma-separated list)",
+        repeatable=True,
+    )
+    unflagged: str = _setting(
+        "refuse",
+        "a request for a model with no flag and no --stable version: 'refuse' it "
+        "(FAILED_PRECONDITION), or 'passthrough' (the backend picks the version: its newest)",
+        choices=("refuse", "passthrough"),
+    )
+    triton_url: str | None = _setting(None, "Triton gRPC host:port; embedded onnxruntime if unset")
+    model_repository: Path = _setting(
+        ROOT / "triton_models", "model repository for the embedded engine"
+    )
+    batch_delay_ms: float = _setting(0.0, "embedded engine: wait this long to batch requests")
+    user_id_header: str = _setting("x-user-id", "metadata key carrying the user id")
+    attribute_prefix: str = _setting("x-attr-", "metadata prefix of subject attributes")
+    allow_anonymous: bool = _setting(
+        False, "serve the default variant to requests without a user id"
+    )
+    trace_user_id: bool = _setting(False, "put raw user ids on spans (off: privacy)")
+    max_message_bytes: int = _setting(64 * MIB, "largest request/response")
+    max_user_id_length: int = _setting(256, "longest user id accepted")
+    max_attributes: int = _setting(64, "most subject attributes accepted")
+    max_attribute_length: int = _setting(1024, "longest attribute value accepted")
+    default_timeout_s: float = _setting(30.0, "deadline when the caller sets none")
+    attempt_share: float = _setting(
+        0.5,
+        "share of the remaining deadline a non-default version may use before its users fall "
+        "back to the default version",
+    )
+    retry_budget_ratio: float = _setting(0.1, "fallback retries allowed per request")
+    retry_budget_min_per_s: float = _setting(10.0, "fallback retries allowed per second anyway")
+    breaker_threshold: int = _setting(5, "consecutive failures that open a version's circuit")
+    breaker_cool_down_s: float = _setting(5.0, "how long a circuit stays open before a probe")
+    breaker_max_open_s: float = _setting(60.0, "longest open time after failed probes")
+    readiness_interval_s: float = _setting(
+        0.5, "how often to check that every flagged model version is ready on the backend"
+    )
+    require_default_ready: bool = _setting(
+        False, "report NOT_SERVING while a flag's default version is not ready on the backend"
+    )
+    max_in_flight: int = _setting(
+        1024, "concurrent inference requests; more are shed with RESOURCE_EXHAUSTED (0: no limit)"
+    )
+    drain_delay_s: float = _setting(
+        5.0,
+        "on SIGTERM, keep serving this long after health turns NOT_SERVING, so load balancers "
+        "stop sending before the listener closes",
+    )
+    grace_s: float = _setting(5.0, "then wait this long for in-flight requests to finish")
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING, ERROR")
+
+    def stable_versions(self) -> dict[str, str]:
+        """``--stable`` as model → version."""
+        return dict(parse_stable(item) for item in self.stable)
 
 
-# (flag, environment variable, type, help)
-_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
-    (
-        "metrics_listen",
-        "TRAFFICSPLIT_METRICS_LISTEN",
-        str,
-        "host:port serving Prometheus /metrics (off when unset)",
-    ),
-    ("listen", "TRAFFICSPLIT_LISTEN", str, "host:port to serve on (loopback unless you say so)"),
-    (
-        "redis_url",
-        "TRAFFICSPLIT_REDIS_URL",
-        str,
-        "flags from Redis (redis://, rediss://, redis+sentinel://)",
-    ),
-    ("redis_prefix", "TRAFFICSPLIT_REDIS_PREFIX", str, "Redis key prefix"),
-    ("flags_file", "TRAFFICSPLIT_FLAGS_FILE", Path, "flags from this JSON/YAML file when no Redis"),
-    ("snapshot_file", "TRAFFICSPLIT_SNAPSHOT_FILE", Path, "save/restore the last good flags here"),
-    (
-        "triton_url",
-        "TRAFFICSPLIT_TRITON_URL",
-        str,
-        "Triton gRPC host:port; embedded onnxruntime if unset",
-    ),
-    (
-        "model_repository",
-        "TRAFFICSPLIT_MODEL_REPOSITORY",
-        Path,
-        "model repository for the embedded engine",
-    ),
-    (
-        "batch_delay_ms",
-        "TRAFFICSPLIT_BATCH_DELAY_MS",
-        float,
-        "embedded engine: wait this long to batch requests",
-    ),
-    ("user_id_header", "TRAFFICSPLIT_USER_ID_HEADER", str, "metadata key carrying the user id"),
-    (
-        "attribute_prefix",
-        "TRAFFICSPLIT_ATTRIBUTE_PREFIX",
-        str,
-        "metadata prefix of subject attributes",
-    ),
-    ("max_message_bytes", "TRAFFICSPLIT_MAX_MESSAGE_BYTES", int, "largest request/response"),
-    (
-        "default_timeout_s",
-        "TRAFFICSPLIT_DEFAULT_TIMEOUT_S",
-        float,
-        "backend deadline when the caller sets none",
-    ),
-    (
-        "retry_budget_ratio",
-        "TRAFFICSPLIT_RETRY_BUDGET_RATIO",
-        float,
-        "fallback retries allowed per request",
-    ),
-    ("log_level", "TRAFFICSPLIT_LOG_LEVEL", str, "DEBUG, INFO, WARNING, ERROR"),
-)
-_SWITCHES: tuple[tuple[str, str, str], ...] = (
-    (
-        "allow_anonymous",
-        "TRAFFICSPLIT_ALLOW_ANONYMOUS",
-        "serve the default variant to requests without a user id",
-    ),
-    ("trace_user_id", "TRAFFICSPLIT_TRACE_USER_ID", "put raw user ids on spans (off: privacy)"),
-)
+def parse_stable(item: str) -> tuple[str, str]:
+    model, sep, version = item.partition("=")
+    if not sep or not model.strip() or not version.strip():
+        raise ValueError(f"--stable takes MODEL=VERSION (e.g. digits=1), not {item!r}")
+    return model.strip(), version.strip()
 
 
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+def _kind(f: dataclasses.Field[Any]) -> type:
+    annotation = str(f.type)
+    for name, kind in (("Path", Path), ("float", float), ("int", int), ("bool", bool)):
+        if annotation.startswith(name):
+            return kind
+    return str
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,39 +129,59 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trafficsplit-sidecar",
         description="Route inference to model versions by feature-flag cohort.",
     )
-    for name, env, kind, text in _OPTIONS:
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=kind,
-            default=None,
-            help=f"{text} (env {env})",
-        )
-    for name, env, text in _SWITCHES:
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            action="store_true",
-            default=None,
-            help=f"{text} (env {env})",
-        )
+    for f in dataclasses.fields(Settings):
+        help_text = f"{f.metadata['help']} (env {env_name(f.name)})"
+        option = f"--{f.name.replace('_', '-')}"
+        if _kind(f) is bool:
+            parser.add_argument(option, dest=f.name, action="store_true", default=None,
+                                help=help_text)  # fmt: skip
+        elif f.metadata.get("repeatable"):
+            parser.add_argument(option, dest=f.name, action="append", default=None,
+                                help=help_text)  # fmt: skip
+        else:
+            parser.add_argument(option, dest=f.name, type=_kind(f), default=None,
+                                choices=f.metadata.get("choices"), help=help_text)  # fmt: skip
     return parser
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def load_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
+    """Parse ``argv`` and ``env`` (default: the process's). Raises SystemExit with a usage
+    message for a bad value, as argparse does."""
     env = os.environ if env is None else env
-    args = vars(build_parser().parse_args(argv))
-    values: dict[str, object] = {}
-    for name, variable, kind, _ in _OPTIONS:
-        if args[name] is not None:
-            values[name] = args[name]
-        elif env.get(variable):
-            values[name] = kind(env[variable])
-    for name, variable, _ in _SWITCHES:
-        if args[name]:
-            values[name] = True
-        elif variable in env:
-            values[name] = _truthy(env[variable])
-    return Settings(**values)  # type: ignore[arg-type]
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        variable = env_name(f.name)
+        kind = _kind(f)
+        if args[f.name] is not None:
+            value: Any = args[f.name]
+        elif env.get(variable, "").strip():
+            raw = env[variable]
+            if kind is bool:
+                value = _truthy(raw)
+            elif f.metadata.get("repeatable"):
+                value = [part for part in raw.split(",") if part.strip()]
+            else:
+                try:
+                    value = kind(raw)
+                except ValueError:
+                    parser.error(f"{variable}={raw!r} is not a valid {kind.__name__}")
+                choices = f.metadata.get("choices")
+                if choices and value not in choices:
+                    parser.error(f"{variable}={raw!r}: choose from {', '.join(choices)}")
+        else:
+            continue
+        values[f.name] = tuple(value) if f.metadata.get("repeatable") else value
+    settings = Settings(**values)
+    try:
+        settings.stable_versions()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return settings

@@ -35,7 +35,13 @@ COHORT = "trafficsplit.cohort"
 REASON = "trafficsplit.reason"
 RULE = "trafficsplit.rule"
 FALLBACK = "trafficsplit.fallback"
+FALLBACK_CAUSE = "trafficsplit.fallback.cause"  # error | timeout | circuit_open | not_ready
+ATTEMPTED_VERSION = "trafficsplit.attempted.version"  # the cohort's version that did not answer
 EXPOSED = "trafficsplit.exposed"
+MEMBERSHIP = (
+    "trafficsplit.membership"  # exposed | targeted | not_in_experiment | pinned | unflagged
+)
+SETTLEMENT = "trafficsplit.outcome"  # served | fallback_* | failed
 MODEL_NAME = "ml.model.name"
 MODEL_VERSION = "ml.model.version"
 BACKEND = "trafficsplit.backend"

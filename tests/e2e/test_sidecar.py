@@ -297,10 +297,13 @@ def test_bad_input_gets_a_clear_status_and_the_sidecar_keeps_serving(fresh: Stac
         data: np.ndarray,
         user: str = "u1",
         model: str = "digits",
+        version: str = "",
     ) -> Any:
         tensor = triton.InferInput(name, shape, dtype)
         tensor.set_data_from_numpy(data)
-        return fresh.client.infer(model, [tensor], headers={"x-user-id": user} if user else {})
+        return fresh.client.infer(
+            model, [tensor], model_version=version, headers={"x-user-id": user} if user else {}
+        )
 
     cases = {
         "no user id": (
@@ -308,8 +311,13 @@ def test_bad_input_gets_a_clear_status_and_the_sidecar_keeps_serving(fresh: Stac
             "StatusCode.INVALID_ARGUMENT",
             "no user id: send it in the `x-user-id` metadata",
         ),
-        "unknown model": (
+        "model without a flag": (  # fail safe: the backend must not pick its newest version
             lambda: infer_with("pixels", [1, 64], "FP32", PIXELS[:1], model="nope"),
+            "StatusCode.FAILED_PRECONDITION",
+            "model 'nope' has no flag",
+        ),
+        "unknown model, version pinned": (
+            lambda: infer_with("pixels", [1, 64], "FP32", PIXELS[:1], model="nope", version="1"),
             "StatusCode.NOT_FOUND",
             "nope",
         ),
@@ -457,13 +465,24 @@ def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> None:
-    key = (
-        "trafficsplit_requests_total",
-        (("flag", "digits"), ("status", "OK"), ("variant", "candidate"), ("version", "2")),
-    )
-    before = _scrape(fresh.sidecar.metrics_url).get(key, 0.0)
+    def requests(membership: str, variant: str, version: str, outcome: str, status: str) -> Any:
+        labels = {"flag": "digits", "variant": variant, "membership": membership,
+                  "model": "digits", "version": version, "outcome": outcome, "status": status}  # fmt: skip
+        return ("trafficsplit_requests_total", tuple(sorted(labels.items())))
+
+    targeted = requests("targeted", "candidate", "2", "served", "OK")
+    pinned = requests("pinned", "control", "1", "served", "OK")
+    failed = requests("targeted", "candidate", "2", "failed", "INVALID_ARGUMENT")
+    failed_timed = (
+        "trafficsplit_request_duration_seconds_count",
+        (("flag", "digits"), ("membership", "targeted"), ("outcome", "failed"),
+         ("variant", "candidate")),
+    )  # fmt: skip
+    before = _scrape(fresh.sidecar.metrics_url)
     for _ in range(3):
-        fresh.infer("alice@example.com")
+        fresh.infer("alice@example.com")  # allow-listed: targeted, not exposed
+    tensor = triton.InferInput("pixels", [1, 64], "FP32").set_data_from_numpy(PIXELS[:1])
+    fresh.client.infer("digits", [tensor], model_version="1", headers={"x-user-id": "u-pin"})
     with pytest.raises(InferenceServerException):
         fresh.client.infer(
             "digits",
@@ -471,13 +490,16 @@ def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> No
             headers={"x-user-id": "alice@example.com"},
         )
     metrics = _scrape(fresh.sidecar.metrics_url)
-    assert metrics[key] == before + 3
-    errors = [
-        v
-        for (name, labels), v in metrics.items()
-        if name == "trafficsplit_requests_total" and ("status", "INVALID_ARGUMENT") in labels
-    ]
-    assert sum(errors) >= 1
+    assert metrics[targeted] == before.get(targeted, 0.0) + 3
+    assert metrics[pinned] == before.get(pinned, 0.0) + 1  # a pin is never an experiment group
+    assert metrics[failed] == before.get(failed, 0.0) + 1
+    assert metrics[failed_timed] == before.get(failed_timed, 0.0) + 1  # failures are timed too
+    attempts = (
+        "trafficsplit_attempts_total",
+        (("backend", "onnxruntime" if fresh.kind == "embedded" else "triton"), ("flag", "digits"), ("membership", "targeted"),
+         ("model", "digits"), ("result", "OK"), ("version", "2")),
+    )  # fmt: skip
+    assert metrics[attempts] >= 3
     revision = fresh.admin().get("digits").revision
     assert metrics[("trafficsplit_flag_revision", (("flag", "digits"),))] == revision
     assert metrics[("trafficsplit_flag_store_stale", ())] == 0

@@ -92,7 +92,7 @@ def test_allow_list_wins_over_split() -> None:
         "candidate",
         Reason.TARGETING_MATCH,
         "dogfood",
-        True,
+        False,  # allow-listed users are targeted, not exposed: no split chose their variant
     )
 
 

@@ -1,4 +1,5 @@
-"""The KServe facade turns malformed bytes into INVALID_ARGUMENT, whatever the backend path."""
+"""The KServe facade rejects malformed bytes as the caller's error (InvalidRequest, which the
+server interceptor answers with INVALID_ARGUMENT), whatever the backend path."""
 
 from __future__ import annotations
 
@@ -8,25 +9,17 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
 from support import ROOT, digits_flag
 
 from flags.store import FlagStore
 from sidecar.backends.onnx_embedded import OnnxEmbeddedBackend
+from sidecar.errors import InvalidRequest, status_for
 from sidecar.kserve_facade import KServeFacade
 from sidecar.routing import Router
 from sidecar.subjects import SubjectRules
 
 
-class Aborted(Exception):
-    pass
-
-
 class Context:
-    def __init__(self) -> None:
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-user-id", "u1"),)
 
@@ -35,10 +28,6 @@ class Context:
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         pass
-
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.code, self.details = code, details
-        raise Aborted
 
 
 @pytest.mark.parametrize(
@@ -53,20 +42,22 @@ class Context:
     ],
 )
 def test_malformed_requests_are_invalid_argument(raw: bytes, fragment: str) -> None:
-    async def scenario() -> Context:
+    async def scenario() -> InvalidRequest:
         store = FlagStore()
         store.sync({"digits": json.dumps(digits_flag())}, complete=True)
         backend = OnnxEmbeddedBackend(ROOT / "triton_models", providers=["CPUExecutionProvider"])
         await backend.start()
         try:
-            router = Router(store, backend, TracerProvider().get_tracer("t"), tracing=False)
-            context = Context()
-            with pytest.raises(Aborted):
-                await KServeFacade(router, store, SubjectRules()).ModelInfer(raw, context)
-            return context
+            facade = KServeFacade(
+                Router(store, backend), store, SubjectRules(), forward_raw=False, serving=bool
+            )
+            with pytest.raises(InvalidRequest) as caught:
+                await facade.ModelInfer(raw, Context())
+            return caught.value
         finally:
             await backend.close()
 
-    context = asyncio.run(scenario())
-    assert context.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert fragment in context.details
+    error = asyncio.run(scenario())
+    code, message = status_for(error)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in message

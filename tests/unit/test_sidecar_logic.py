@@ -10,9 +10,9 @@ from support import digits_flag
 from tritonclient.grpc import service_pb2 as kserve
 
 from flags import CompiledFlag, Snapshot, Subject, parse_flag
-from sidecar.circuit import CircuitBreaker
-from sidecar.errors import InvalidRequest, PinningForbidden
-from sidecar.plan import ANONYMOUS, NO_FLAG, Hop, plan_route
+from sidecar.circuit import CircuitBreaker, CircuitState
+from sidecar.errors import InvalidRequest, NoFlag, PinningForbidden
+from sidecar.plan import ANONYMOUS, NO_FLAG, STABLE, Hop, Membership, UnflaggedPolicy, plan_route
 from sidecar.retry_budget import RetryBudget
 from sidecar.settings import Settings, load_settings
 from sidecar.subjects import SubjectRules, subject_from_metadata
@@ -52,24 +52,44 @@ def test_plan_for_a_control_user_has_no_fallback() -> None:
     assert (plan.variant, plan.primary.version, plan.fallback) == ("control", "1", None)
 
 
-def test_model_without_a_flag_is_passed_through() -> None:
-    plan = plan_route(snapshot(), "resnet", "3", Subject("u"))
-    assert (plan.flag, plan.reason, plan.primary, plan.fallback) == (
-        "",
-        NO_FLAG,
+def test_model_without_a_flag_is_refused_unless_an_operator_chose_a_version() -> None:
+    with pytest.raises(NoFlag, match=r"--stable resnet=VERSION"):
+        plan_route(snapshot(), "resnet", "", Subject("u"))
+    stable = plan_route(snapshot(), "resnet", "", Subject("u"), UnflaggedPolicy({"resnet": "3"}))
+    assert (stable.reason, stable.primary, stable.fallback, stable.membership) == (
+        STABLE,
         Hop("resnet", "3"),
         None,
+        Membership.UNFLAGGED,
     )
+    passthrough = plan_route(
+        snapshot(), "resnet", "", Subject("u"), UnflaggedPolicy(passthrough=True)
+    )
+    assert (passthrough.reason, passthrough.primary) == (NO_FLAG, Hop("resnet", ""))
+    # A version the caller names is its own choice: served, as a pin.
+    pinned = plan_route(snapshot(), "resnet", "3", Subject("u"))
+    assert (pinned.primary, pinned.membership) == (Hop("resnet", "3"), Membership.PINNED)
+
+
+def test_membership_tells_exposed_targeted_and_outside_coverage_apart() -> None:
+    flag = snapshot(allocation={"coverage": 50, "split": {"control": 50, "candidate": 50}})
+    allow_listed = plan_route(flag, "digits", "", Subject("alice@example.com"))
+    assert (allow_listed.variant, allow_listed.membership) == ("candidate", Membership.TARGETED)
+    memberships = {
+        plan_route(flag, "digits", "", Subject(f"user-{i}")).membership for i in range(200)
+    }
+    assert memberships == {Membership.EXPOSED, Membership.NOT_IN_EXPERIMENT}
 
 
 def test_pinned_version_is_served_and_never_exposed() -> None:
     plan = plan_route(snapshot(), "digits", "2", Subject("u"))
-    assert (plan.variant, plan.reason, plan.primary.version, plan.exposed) == (
+    assert (plan.variant, plan.reason, plan.primary.version, plan.membership) == (
         "candidate",
         "PINNED",
         "2",
-        False,
+        Membership.PINNED,
     )
+    assert not plan.exposed
 
 
 def test_pinning_can_be_forbidden_by_the_flag() -> None:
@@ -97,33 +117,69 @@ def test_anonymous_subject_gets_the_default() -> None:
     assert (plan.variant, plan.reason, plan.exposed) == ("control", ANONYMOUS, False)
 
 
+def fail(breaker: CircuitBreaker, key: str) -> None:
+    permit = breaker.permit(key)
+    assert permit is not None
+    with permit:
+        permit.failed()
+
+
 def test_circuit_opens_after_a_burst_and_probes_after_cool_down() -> None:
     clock = Clock()
     breaker = CircuitBreaker(threshold=3, cool_down_s=5, clock=clock)
     for _ in range(2):
-        breaker.failure("digits:2")
-    assert breaker.allow("digits:2")
-    breaker.failure("digits:2")
-    assert not breaker.allow("digits:2") and breaker.opened == 1
+        fail(breaker, "digits:2")
+    assert breaker.permit("digits:2") is not None
+    fail(breaker, "digits:2")
+    assert breaker.permit("digits:2") is None and breaker.opened == 1
+    assert breaker.state("digits:2") is CircuitState.OPEN
     clock.now += 5
-    assert breaker.allow("digits:2")  # the probe
-    assert not breaker.allow("digits:2")  # only one at a time
-    breaker.failure("digits:2")  # probe failed: open for twice as long
+    probe = breaker.permit("digits:2")  # the probe
+    assert probe is not None and probe.probe
+    assert breaker.permit("digits:2") is None  # only one at a time
+    with probe:
+        probe.failed()  # probe failed: open for twice as long
     clock.now += 9.9
-    assert not breaker.allow("digits:2")
+    assert breaker.permit("digits:2") is None
     clock.now += 0.2
-    assert breaker.allow("digits:2")
-    breaker.success("digits:2")
-    assert breaker.allow("digits:2") and not breaker.is_open("digits:2")
+    probe = breaker.permit("digits:2")
+    assert probe is not None
+    with probe:
+        probe.succeeded()
+    assert breaker.permit("digits:2") is not None and not breaker.is_open("digits:2")
+    assert breaker.probes == {"succeeded": 1, "failed": 1, "released": 0}
+
+
+@pytest.mark.parametrize("ending", ["client error", "cancelled"])
+def test_a_probe_that_tells_nothing_releases_the_half_open_slot(ending: str) -> None:
+    """A probe ending in a client error or a cancellation used to leave the circuit open
+    forever; leaving the permit unsettled now lets the next request probe."""
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cool_down_s=5, clock=clock)
+    fail(breaker, "digits:2")
+    clock.now += 5
+    probe = breaker.permit("digits:2")
+    assert probe is not None
+    with pytest.raises(RuntimeError), probe:
+        raise RuntimeError(ending)  # neither succeeded() nor failed()
+    assert breaker.probes["released"] == 1
+    next_probe = breaker.permit("digits:2")
+    assert next_probe is not None, "the circuit must not stay open without a probe"
+    with next_probe:
+        next_probe.succeeded()
+    assert breaker.state("digits:2") is CircuitState.CLOSED
 
 
 def test_success_resets_the_failure_count() -> None:
     breaker = CircuitBreaker(threshold=3, clock=Clock())
     for _ in range(10):
-        breaker.failure("k")
-        breaker.failure("k")
-        breaker.success("k")
-    assert breaker.allow("k") and breaker.opened == 0
+        fail(breaker, "k")
+        fail(breaker, "k")
+        permit = breaker.permit("k")
+        assert permit is not None
+        with permit:
+            permit.succeeded()
+    assert breaker.permit("k") is not None and breaker.opened == 0
 
 
 def test_retry_budget_allows_a_share_of_requests_plus_a_floor() -> None:
@@ -206,45 +262,3 @@ def test_settings_precedence_argument_over_environment_over_default() -> None:
     assert settings.allow_anonymous is True
     assert load_settings([], {}) == Settings()
     assert Settings().listen.startswith("127.0.0.1:")  # never 0.0.0.0 unless asked
-
-
-def test_with_tracing_off_the_callers_trace_context_reaches_the_backend() -> None:
-    import asyncio
-
-    from opentelemetry.sdk.trace import TracerProvider
-
-    from flags.store import FlagStore
-    from sidecar.routing import MessageCall, Router
-
-    seen: list[tuple[tuple[str, str], ...]] = []
-
-    class Backend:
-        name = "fake"
-
-        async def infer(
-            self,
-            request: kserve.ModelInferRequest,
-            *,
-            timeout: float | None,
-            metadata: tuple[tuple[str, str], ...] = (),
-        ) -> kserve.ModelInferResponse:
-            seen.append(metadata)
-            return kserve.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version
-            )
-
-    store = FlagStore()
-    store.sync({"digits": __import__("json").dumps(digits_flag())}, complete=True)
-    router = Router(store, Backend(), TracerProvider().get_tracer("t"), tracing=False)  # type: ignore[arg-type]
-    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    routed = asyncio.run(
-        router.infer(
-            MessageCall(kserve.ModelInferRequest(model_name="digits")),
-            Subject("alice@example.com"),
-            timeout=5,
-            rpc="ModelInfer",
-            metadata=(("traceparent", parent), ("x-user-id", "alice@example.com")),
-        )
-    )
-    assert routed.served_version == "2"
-    assert seen == [(("traceparent", parent),)]
