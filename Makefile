@@ -10,14 +10,17 @@ PROTO_OUT := sidecar/_proto
 
 .PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv nginx clean
 
-$(VENV)/.installed: pyproject.toml
+# The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
+$(VENV)/.installed: pyproject.toml setup.py
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	@touch $@
+	@touch $(PROTO_OUT)/.generated $@
 
-# Generated gRPC/protobuf modules come from proto/ at build time; never edit them by hand.
-$(PROTO_OUT)/.generated: $(VENV)/.installed $(wildcard proto/trafficsplit/v1/*.proto)
+# Generated gRPC/protobuf modules come from proto/ (tools/gen_proto.py, the same code the build
+# step runs); never edit them by hand. This target only regenerates after a .proto edit, without a
+# reinstall.
+$(PROTO_OUT)/.generated: $(VENV)/.installed $(wildcard proto/trafficsplit/v1/*.proto) tools/gen_proto.py
 	$(PY) tools/gen_proto.py
 	@touch $@
 
@@ -69,4 +72,5 @@ models: deps
 	$(PY) tools/build_models.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(PROTO_OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) $(PROTO_OUT) sidecar/_bundled build dist *.egg-info \
+	  .pytest_cache .mypy_cache .ruff_cache

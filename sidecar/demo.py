@@ -22,9 +22,10 @@ import tritonclient.grpc as triton
 from rich.console import Console
 from rich.table import Table
 
-from sidecar.launcher import ROOT, SidecarProcess
+from sidecar.launcher import SidecarProcess
+from sidecar.resources import default_model_repository
 
-GOLDEN = ROOT / "triton_models" / "digits" / "golden.npz"
+GOLDEN = default_model_repository() / "digits" / "golden.npz"  # the checkout's or the wheel's
 
 
 @dataclass
