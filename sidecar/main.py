@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from sidecar.resources import MissingLocalInput, check_local_inputs
 from sidecar.server import Sidecar
 from sidecar.settings import load_settings
 
@@ -22,6 +23,16 @@ async def serve(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    try:
+        check_local_inputs(
+            flags_file=settings.flags_file,
+            model_repository=settings.model_repository,
+            redis_url=settings.redis_url,
+            triton_url=settings.triton_url,
+        )
+    except MissingLocalInput as exc:
+        print(f"trafficsplit-sidecar: {exc}", file=sys.stderr)
+        return 2
     sidecar = Sidecar.build(settings)
     try:
         address = await sidecar.start()

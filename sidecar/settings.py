@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from flags.redis_keys import DEFAULT_PREFIX
+from sidecar.resources import default_flags_file, default_model_repository
 
-ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
 ENV_PREFIX = "TRAFFICSPLIT_"
 
@@ -37,7 +37,8 @@ class Settings:
     )
     redis_prefix: str = _setting(DEFAULT_PREFIX, "Redis key prefix")
     flags_file: Path = _setting(
-        ROOT / "deploy" / "flags" / "digits.json", "flags from this JSON/YAML file when no Redis"
+        default_flags_file(),
+        "flags from this JSON/YAML file when no Redis (default: the bundled demo flag)",
     )
     bootstrap_flags: Path | None = _setting(
         None,
@@ -59,7 +60,8 @@ class Settings:
     )
     triton_url: str | None = _setting(None, "Triton gRPC host:port; embedded onnxruntime if unset")
     model_repository: Path = _setting(
-        ROOT / "triton_models", "model repository for the embedded engine"
+        default_model_repository(),
+        "model repository for the embedded engine (default: the bundled digits models)",
     )
     batch_delay_ms: float = _setting(0.0, "embedded engine: wait this long to batch requests")
     user_id_header: str = _setting("x-user-id", "metadata key carrying the user id")

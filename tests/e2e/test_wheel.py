@@ -167,11 +167,6 @@ def test_a_missing_model_repository_is_a_clear_error_not_a_traceback(installed: 
     assert '"listening"' not in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sidecar/settings.py must take its flags_file / model_repository defaults from "
-    "sidecar.resources (the lead wires it; then delete this marker)",
-)
 def test_the_installed_sidecar_serves_with_its_documented_defaults(installed: Install) -> None:
     with running_sidecar(installed) as address:
         client = triton.InferenceServerClient(address)
