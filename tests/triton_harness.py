@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -37,6 +37,7 @@ MODEL_PY = '''\
 
 import json
 import os
+import time
 
 import numpy as np
 import onnxruntime
@@ -51,8 +52,13 @@ class TritonPythonModel:
         self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         self.inputs = [t["name"] for t in config["input"]]
         self.outputs = [t["name"] for t in config["output"]]
+        # A test can make one version slow (build_python_backend_repository(delays=...)).
+        delay = config["parameters"].get("sleep_seconds_v" + args["model_version"], {})
+        self.sleep_s = float(delay.get("string_value", "0"))
 
     def execute(self, requests):
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
         responses = []
         for request in requests:
             feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
@@ -87,9 +93,14 @@ class TritonHarnessError(RuntimeError):
 
 
 def build_python_backend_repository(
-    dest: Path, versions: Sequence[int] = (1, 2), *, max_batch_size: int = 64
+    dest: Path,
+    versions: Sequence[int] = (1, 2),
+    *,
+    max_batch_size: int = 64,
+    delays: Mapping[int, float] | None = None,
 ) -> Path:
-    """Write ``dest/digits`` serving ``triton_models/digits/<v>/model.onnx`` for ``versions``."""
+    """Write ``dest/digits`` serving ``triton_models/digits/<v>/model.onnx`` for ``versions``;
+    ``delays`` makes a version sleep that many seconds per batch (a slow candidate)."""
     source = MODELS / MODEL_NAME
     model_dir = dest / MODEL_NAME
     for version in versions:
@@ -103,6 +114,10 @@ def build_python_backend_repository(
             max_batch_size=max_batch_size,
             versions=", ".join(str(v) for v in versions),
             source=source,
+        )
+        + "".join(
+            f'parameters {{ key: "sleep_seconds_v{v}" value: {{ string_value: "{d}" }} }}\n'
+            for v, d in (delays or {}).items()
         )
     )
     return dest

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,10 +33,14 @@ def triton_install() -> TritonInstall:
 
 @contextmanager
 def start_triton(
-    install: TritonInstall, workdir: Path, versions: Sequence[int] = (1, 2)
+    install: TritonInstall,
+    workdir: Path,
+    versions: Sequence[int] = (1, 2),
+    delays: Mapping[int, float] | None = None,
 ) -> Iterator[TritonServer]:
-    """A ready Triton serving ``digits`` with only ``versions``; stopped on exit, however it ends."""
-    repository = build_python_backend_repository(workdir / "repository", versions)
+    """A ready Triton serving ``digits`` with only ``versions``; stopped on exit, however it ends.
+    ``delays``: seconds a version sleeps per batch."""
+    repository = build_python_backend_repository(workdir / "repository", versions, delays=delays)
     with TritonServer(repository, install=install) as server:
         yield server
 
