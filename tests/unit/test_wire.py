@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,9 +166,10 @@ def _request(
     return bytes(message.SerializeToString())
 
 
-def _set_parameters(target: object, parameters: dict[str, tuple[str, object]]) -> None:
+def _set_parameters(target: Any, parameters: dict[str, tuple[str, object]]) -> None:
+    """``target`` is a protobuf map of InferParameter (no common type to name in the stubs)."""
     for key, (kind, value) in parameters.items():
-        setattr(target[key], kind, value)  # type: ignore[index]
+        setattr(target[key], kind, value)
 
 
 REQUESTS = st.builds(
@@ -227,27 +229,29 @@ def _field(draw: st.DrawFn, depth: int = 0) -> bytes:
 
 FIELDS = st.lists(_field(), min_size=1, max_size=4).map(b"".join)
 POSITION = st.integers(0, 1 << 16)  # taken modulo the length, so every offset is reachable
-MUTATION = st.one_of(
+Mutation = tuple[str, int, int | bytes]
+MUTATION: st.SearchStrategy[Mutation] = st.one_of(
     st.tuples(st.just("flip"), POSITION, st.integers(0, 7)),
-    st.tuples(st.just("truncate"), POSITION),
+    st.tuples(st.just("truncate"), POSITION, st.just(0)),
     st.tuples(st.just("insert"), POSITION, st.binary(min_size=1, max_size=6)),
     st.tuples(st.just("delete"), POSITION, st.integers(1, 6)),
     st.tuples(st.just("splice"), POSITION, FIELDS),
 )
 
 
-def mutate(raw: bytes, mutations: Sequence[tuple[object, ...]]) -> bytes:
+def mutate(raw: bytes, mutations: Sequence[Mutation]) -> bytes:
+    """Bit flips, truncations, inserted or deleted bytes, and spliced-in fields, in order."""
     data = bytearray(raw)
-    for kind, position, *args in mutations:
-        at = int(position) % (len(data) + 1)  # type: ignore[call-overload]
-        if kind == "flip" and at < len(data):
-            data[at] ^= 1 << int(args[0])  # type: ignore[call-overload]
+    for kind, position, arg in mutations:
+        at = position % (len(data) + 1)
+        if isinstance(arg, bytes):  # insert / splice
+            data[at:at] = arg
+        elif kind == "flip" and at < len(data):
+            data[at] ^= 1 << arg
         elif kind == "truncate":
             del data[at:]
         elif kind == "delete":
-            del data[at : at + int(args[0])]  # type: ignore[call-overload]
-        elif kind in ("insert", "splice"):
-            data[at:at] = args[0]  # type: ignore[index]
+            del data[at : at + arg]
     return bytes(data)
 
 
@@ -289,7 +293,7 @@ def test_well_formed_requests_read_as_the_parser_reads_them(raw: bytes) -> None:
 @FAST
 @given(raw=REQUESTS, mutations=st.lists(MUTATION, min_size=1, max_size=3))
 def test_mutated_requests_are_rejected_exactly_when_the_parser_rejects_them(
-    raw: bytes, mutations: list[tuple[object, ...]]
+    raw: bytes, mutations: list[Mutation]
 ) -> None:
     assert_agrees_with_the_parser(mutate(raw, mutations))
 
