@@ -3,9 +3,15 @@
 Protobuf's merge rule makes this small: for a singular field the last occurrence wins, and a map
 entry replaces an earlier one with the same key. So the sidecar retargets a request by *appending*
 ``model_name``, ``model_version`` and parameter entries to the bytes it received, and describes a
-response by appending parameter entries to the bytes Triton returned. Reading the routing header
-skips over tensor payloads by their length prefix: the cost does not grow with tensor size, and no
-tensor is ever copied into Python objects.
+response by appending parameter entries to the bytes Triton returned.
+
+Reading the routing header must never disagree with the real parser: bytes it accepted go to
+Triton as they are, and a request Triton cannot parse would be blamed on the backend (INTERNAL,
+fallback, a circuit opened for everyone) instead of on its sender. So :func:`read_request_header`
+walks only the top-level framing (:mod:`sidecar.protowire`, exactly as strict as upb), cuts out the
+``raw_input_contents`` fields, the only large ones, and hands everything else to
+``ModelInferRequest.FromString``; the header is read from that parsed message. The cost does not
+grow with tensor size, and no tensor is ever copied into Python objects.
 """
 
 from __future__ import annotations
@@ -18,6 +24,11 @@ from google.protobuf.message import DecodeError
 from tritonclient.grpc import service_pb2 as kserve
 
 from flags.schema import Scalar
+from sidecar import protowire
+from sidecar.protowire import FIXED32 as FIXED32  # re-exported: the wire types callers use
+from sidecar.protowire import FIXED64 as FIXED64
+from sidecar.protowire import LEN as LEN
+from sidecar.protowire import VARINT as VARINT
 from sidecar.tensors import InputSpec
 
 _REQ = kserve.ModelInferRequest.DESCRIPTOR.fields_by_name
@@ -33,55 +44,9 @@ RESPONSE_PARAMETERS = _RESP["parameters"].number
 PARAM_BOOL, PARAM_INT64 = _PARAM["bool_param"].number, _PARAM["int64_param"].number
 PARAM_STRING, PARAM_DOUBLE = _PARAM["string_param"].number, _PARAM["double_param"].number
 
-_INPUT_TENSOR = kserve.ModelInferRequest.InferInputTensor
-VARINT, FIXED64, LEN, FIXED32 = 0, 1, 2, 5
-
 
 class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
-
-
-def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise WireError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _skip(buf: bytes | memoryview, pos: int, wire_type: int) -> tuple[int, int]:
-    """Return (start, end) of the value at ``pos``; for LEN, the payload without its prefix."""
-    if wire_type == VARINT:
-        _, end = read_varint(buf, pos)
-        return pos, end
-    if wire_type == FIXED64:
-        return pos, pos + 8
-    if wire_type == FIXED32:
-        return pos, pos + 4
-    if wire_type == LEN:
-        length, start = read_varint(buf, pos)
-        return start, start + length
-    raise WireError(f"unsupported wire type {wire_type}")
-
-
-def fields(buf: bytes | memoryview) -> list[tuple[int, int, int, int]]:
-    """Top-level (field number, wire type, value start, value end), in order."""
-    out = []
-    pos, size = 0, len(buf)
-    while pos < size:
-        key, pos = read_varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        start, end = _skip(buf, pos, wire_type)
-        if end > size:
-            raise WireError("field runs past the end of the message")
-        out.append((number, wire_type, start, end))
-        pos = end
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,55 +62,77 @@ class RequestHeader:
 
 
 def read_request_header(raw: bytes) -> RequestHeader:
-    view = memoryview(raw)
-    name = version = ""
-    keys: set[str] = set()
-    strings: dict[str, str] = {}
-    inputs: list[InputSpec] = []
-    raw_sizes: list[int] = []
+    """The routing header of a serialized ModelInferRequest.
+
+    Raises :class:`WireError` exactly when ``ModelInferRequest.FromString(raw)`` would raise.
+    """
     try:
-        for number, wire_type, start, end in fields(view):
-            if wire_type != LEN:
-                continue
-            if number == REQUEST_MODEL_NAME:
-                name = str(view[start:end], "utf-8")
-            elif number == REQUEST_MODEL_VERSION:
-                version = str(view[start:end], "utf-8")
-            elif number == REQUEST_PARAMETERS:
-                key, value = _map_entry(view[start:end])
-                keys.add(key)
-                if value is not None:
-                    strings[key] = value
-            elif number == REQUEST_INPUTS:
-                # Input descriptions are small (name, datatype, shape); tensor bytes are elsewhere.
-                tensor = _INPUT_TENSOR.FromString(view[start:end])
-                inputs.append(InputSpec(tensor.name, tensor.datatype, tuple(tensor.shape)))
-            elif number == REQUEST_RAW_INPUTS:
-                raw_sizes.append(end - start)  # the length only: the payload is not copied
-    except (WireError, UnicodeDecodeError, DecodeError) as exc:
+        rest, raw_sizes = _without_raw_inputs(memoryview(raw))
+        request = kserve.ModelInferRequest.FromString(rest)
+    except protowire.FramingError as exc:
         raise WireError(f"malformed ModelInferRequest: {exc}") from exc
-    return RequestHeader(name, version, frozenset(keys), strings, tuple(inputs), tuple(raw_sizes))
+    except DecodeError as exc:
+        # upb's message names the type and the problem ("String field had bad UTF-8").
+        raise WireError(f"malformed ModelInferRequest: {_reason(exc)}") from exc
+    parameters = request.parameters
+    strings = (
+        {
+            key: value.string_param
+            for key, value in parameters.items()
+            if value.WhichOneof("parameter_choice") == "string_param"
+        }
+        if parameters
+        else {}
+    )
+    return RequestHeader(
+        request.model_name,
+        request.model_version,
+        frozenset(parameters),
+        strings,
+        tuple([InputSpec(t.name, t.datatype, tuple(t.shape)) for t in request.inputs]),
+        raw_sizes,
+    )
 
 
-def _map_entry(entry: memoryview) -> tuple[str, str | None]:
-    """A parameters entry's key, and its value when it is a string_param."""
-    key, value = "", None
-    for number, wire_type, start, end in fields(entry):
-        if number == 1 and wire_type == LEN:
-            key = str(entry[start:end], "utf-8")
-        elif number == 2 and wire_type == LEN:
-            for inner, inner_type, s, e in fields(entry[start:end]):
-                if inner == PARAM_STRING and inner_type == LEN:
-                    value = str(entry[start:end][s:e], "utf-8")
-    return key, value
+def _without_raw_inputs(view: memoryview) -> tuple[bytes | memoryview, tuple[int, ...]]:
+    """The message without its ``raw_input_contents`` fields, and their payload sizes.
+
+    Cutting out whole, well-framed top-level fields cannot make the rest more or less valid, so
+    parsing the rest is exactly as strict as parsing everything. Clients put the tensors last,
+    so the rest is usually one prefix: a view of it, not a copy.
+    """
+    kept: list[memoryview] = []
+    sizes: list[int] = []
+    keep_from = 0
+    for number, wire_type, tag_start, start, end in protowire.fields(view):
+        if number == REQUEST_RAW_INPUTS and wire_type == LEN:
+            if tag_start > keep_from:
+                kept.append(view[keep_from:tag_start])
+            keep_from = end
+            sizes.append(end - start)
+    if keep_from < len(view):
+        kept.append(view[keep_from:])
+    if len(kept) == 1:
+        return kept[0], tuple(sizes)
+    return b"".join(kept), tuple(sizes)
+
+
+def _reason(exc: DecodeError) -> str:
+    """upb's "Error parsing message with type '...': <reason>" without the preamble."""
+    text = str(exc)
+    return text.rsplit(": ", 1)[-1] if ": " in text else text or "not a protobuf message"
 
 
 def read_response_version(raw: bytes) -> str:
+    """``model_version`` of a serialized ModelInferResponse (the last one, as the parser would)."""
     version = ""
     view = memoryview(raw)
-    for number, wire_type, start, end in fields(view):
-        if number == RESPONSE_MODEL_VERSION and wire_type == LEN:
-            version = str(view[start:end], "utf-8")
+    try:
+        for number, wire_type, _, start, end in protowire.fields(view):
+            if number == RESPONSE_MODEL_VERSION and wire_type == LEN:
+                version = str(view[start:end], "utf-8")
+    except (protowire.FramingError, UnicodeDecodeError) as exc:
+        raise WireError(f"malformed ModelInferResponse: {exc}") from exc
     return version
 
 

@@ -34,6 +34,11 @@ MIB = 1024 * 1024
 _NOT_FOUND_TEXT = re.compile(
     r"unknown model|version \S+ is not (?:at )?(?:ready|found)|is not found", re.I
 )
+# Triton's wording for a request its protobuf parser refused ("Unable to parse request", sent as
+# INTERNAL): the sender's bytes are at fault, not the model, so it must not count against a version.
+_UNPARSABLE_TEXT = re.compile(
+    r"unable to parse (?:the )?request|failed to parse (?:the )?request", re.I
+)
 # Readiness probes answer "no" instead of raising when these are the reason.
 _NOT_READY_KINDS = frozenset(
     {ErrorKind.NOT_FOUND, ErrorKind.UNAVAILABLE, ErrorKind.DEADLINE_EXCEEDED}
@@ -200,6 +205,16 @@ def _classify(
         and _NOT_FOUND_TEXT.search(details)
     ):
         return ErrorKind.NOT_FOUND, f"{what} is not available on Triton at {url}: {details}"
+    # Before INTERNAL: a parse failure is the caller's, never fallback-eligible (a malformed request
+    # is just as malformed for the stable version) and never a strike against the candidate.
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT) and (
+        _UNPARSABLE_TEXT.search(details)
+    ):
+        return (
+            ErrorKind.INVALID_ARGUMENT,
+            f"malformed request: Triton could not parse the ModelInferRequest for {what} "
+            f"({details}); send a ModelInferRequest serialized by a protobuf library",
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
         return ErrorKind.UNAVAILABLE, f"Triton at {url} is unavailable: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

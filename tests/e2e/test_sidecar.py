@@ -21,7 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from otlp_receiver import OtlpReceiver
 from servers import RedisServer, wait_until
-from support import ROOT, digits_flag
+from support import ROOT, digits_flag, make_request
+from tritonclient.grpc import service_pb2 as kserve
 from tritonclient.utils import InferenceServerException
 
 from flags.admin import FlagAdmin
@@ -358,6 +359,46 @@ def test_bad_input_gets_a_clear_status_and_the_sidecar_keeps_serving(fresh: Stac
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "`model` is required" in message
     assert fresh.infer("alice@example.com").model_version == "2"  # still serving
+
+
+# ModelInfer bytes that are not a valid ModelInferRequest, each with what the caller is told.
+_GOOD_BYTES = make_request(PIXELS[:1], version="").SerializeToString()  # the flag picks
+MALFORMED_INFER = {
+    "truncated": (_GOOD_BYTES[:-10], "runs past the end"),
+    "field number 0": (_GOOD_BYTES + b"\x00\x00", "field number 0"),
+    # Accepted by the previous wire reader: it never looked inside non-string parameter values.
+    "field 0 inside a bool parameter": (
+        _GOOD_BYTES + bytes.fromhex("2209 0a0161 1204 0801 0000".replace(" ", "")),
+        "wire format was corrupt",
+    ),
+    "id not UTF-8": (_GOOD_BYTES + b"\x1a\x01\xff", "bad utf-8"),
+    "6-byte tag": (_GOOD_BYTES + b"\xca\x80\x80\x80\x80\x00\x00", "longer than 5 bytes"),
+    "end of group without a start": (_GOOD_BYTES + b"\x0c", "without a start"),
+}
+# Valid for the sidecar's (upb) parser, refused by Triton's C++ parser: "Unable to parse request".
+TRITON_REFUSES = (_GOOD_BYTES + b"\x4b\x00\x00\x4c", "triton could not parse")
+
+
+def test_malformed_infer_bytes_are_the_callers_fault_and_leave_the_circuit_closed(
+    fresh: Stack,
+) -> None:
+    infer = fresh.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    candidate = (("x-user-id", "alice@example.com"),)  # on the dogfood list: the candidate
+    cases = list(MALFORMED_INFER.values())
+    if fresh.kind == "triton":
+        cases.append(TRITON_REFUSES)
+    for attempt in range(21):  # several times the breaker's threshold of consecutive failures
+        raw, reason = cases[attempt % len(cases)]
+        code, message = _status(lambda raw=raw: infer(raw, metadata=candidate, timeout=10))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (reason, code, message)
+        assert "malformed" in message and reason in message.lower(), message
+        assert "\n" not in message and "Traceback" not in message
+    response = kserve.ModelInferResponse.FromString(
+        infer(_GOOD_BYTES, metadata=candidate, timeout=10)
+    )
+    assert response.model_version == "2"  # still the candidate: no circuit opened
+    assert response.parameters["trafficsplit.fallback"].bool_param is False
+    assert variant_of(response) == "candidate"
 
 
 def test_explicit_version_pins_it(fresh: Stack) -> None:

@@ -136,6 +136,25 @@ def test_bad_tensor_is_invalid_argument(triton_server: TritonServer, golden: Any
     assert not error.fallback_eligible
 
 
+def test_bytes_triton_cannot_parse_are_the_callers_fault(
+    triton_server: TritonServer, golden: Any
+) -> None:
+    # An unknown group holding a field numbered 0: upb (and so the sidecar's wire reader) accepts
+    # it, Triton's C++ parser refuses it with INTERNAL "Unable to parse request".
+    raw = make_request(golden[0][:1], version="2").SerializeToString() + b"\x4b\x00\x00\x4c"
+
+    async def scenario(backend: InferenceBackend) -> BackendError:
+        assert isinstance(backend, TritonBackend)
+        with pytest.raises(BackendError) as caught:
+            await backend.infer_raw(raw, timeout=10, what="model 'digits' version '2'")
+        return caught.value
+
+    error = on_triton(triton_server.grpc_url, scenario)
+    assert error.kind is ErrorKind.INVALID_ARGUMENT and not error.fallback_eligible
+    assert error.message.startswith("malformed request: Triton could not parse")
+    assert "Unable to parse request" in error.message and "\n" not in error.message
+
+
 def test_unresponsive_triton_is_deadline_exceeded(golden: Any) -> None:
     # A socket that accepts connections but never speaks: the call can only end by its deadline.
     with socket.socket() as black_hole:
@@ -241,6 +260,10 @@ def test_plain_tritonclient_works_against_the_harness(
         ("RESOURCE_EXHAUSTED", "Sent message larger than max", "RESOURCE_EXHAUSTED"),
         ("DEADLINE_EXCEEDED", "Deadline Exceeded", "DEADLINE_EXCEEDED"),
         ("UNKNOWN", "Exception calling application", "INTERNAL"),
+        # Triton's protobuf parser refused the bytes: the sender's fault, whatever the code.
+        ("INTERNAL", "Unable to parse request", "INVALID_ARGUMENT"),
+        ("INVALID_ARGUMENT", "failed to parse the request", "INVALID_ARGUMENT"),
+        ("INTERNAL", "onnxruntime failed to parse tensor 'x'", "INTERNAL"),
         ("CANCELLED", "Cancelled", "INTERNAL"),
     ],
 )
