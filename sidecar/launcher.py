@@ -27,7 +27,9 @@ class SidecarProcess:
         start_timeout: float = 60.0,
         stderr_path: Path | None = None,
     ) -> None:
-        self.args = ["--listen", "127.0.0.1:0", *args]
+        # The drain delay is for load balancers; a child process's users stop by themselves.
+        drain = [] if "--drain-delay-s" in args else ["--drain-delay-s", "0"]
+        self.args = ["--listen", "127.0.0.1:0", *drain, *args]
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
         self.stderr_path = stderr_path

@@ -237,7 +237,7 @@ class Sidecar:
             on_ready_again=self.router.breaker.reset,
         )
         has_routes = (
-            self.store.health.loaded
+            len(snapshot) > 0  # an invalid document alone loads nothing
             or bool(self.settings.stable)
             or self.settings.unflagged == "passthrough"
         )

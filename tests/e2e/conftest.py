@@ -59,3 +59,10 @@ def triton_v1_only(triton_install: TritonInstall, tmp_path: Path) -> Iterator[Tr
     """A Triton of this test's own that serves only digits version 1 (tests may stop it)."""
     with start_triton(triton_install, tmp_path, versions=(1,)) as server:
         yield server
+
+
+@pytest.fixture
+def slow_candidate_triton(triton_install: TritonInstall, tmp_path: Path) -> Iterator[TritonServer]:
+    """A Triton of this test's own whose digits v2 sleeps 2 s per batch (v1 takes ~1 ms)."""
+    with start_triton(triton_install, tmp_path / "triton", delays={2: 2.0}) as server:
+        yield server
