@@ -39,11 +39,12 @@ from flags.redis_keys import RedisKeys
 from flags.revisions import next_revision
 from flags.schema import MAX_REVISION, FlagSpec, parse_flag
 
-# The epoch: created from the server's clock when missing (Redis lost its data), else kept.
+# The epoch (Unix ms): created from the server's clock when missing (Redis lost its data).
 _EPOCH_SCRIPT = """
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  epoch = redis.call('TIME')[1]
+  local now = redis.call('TIME')
+  epoch = string.format('%.0f', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
   redis.call('SET', KEYS[1], epoch)
 end
 return epoch

@@ -1,31 +1,32 @@
 """Epoch revisions: a flag's revision never goes backwards, even after Redis loses its data.
 
-A revision is ``epoch << 20 | n``: ``epoch`` is the Unix second at which the current epoch began
-(kept in Redis under ``<prefix>epoch``), ``n`` counts writes since. When the epoch key is missing
+A revision is ``epoch << 10 | n``: ``epoch`` is the Unix time in milliseconds at which the
+current epoch began (kept in Redis under ``<prefix>epoch``), ``n`` counts writes since. When the epoch key is missing
 (a Redis that lost its data: FLUSHALL, restart without persistence, failover to an empty replica)
 the next write starts a new epoch from the Redis server's ``TIME``; as time has moved on since the
 old epoch began, every revision of the new epoch orders after every revision of the old one.
 
-Every write takes ``max(current + 1, epoch << 20 | 1)``, so revisions also grow across epochs for
+Every write takes ``max(current + 1, epoch << 10 | 1)``, so revisions also grow across epochs for
 a flag that survived the loss, and legacy small revisions (hand-written, or from before epochs)
-are simply overtaken. Bounds: revisions stay below :data:`flags.schema.MAX_REVISION` (2^53 - 1,
-exact as a float) until the year 2242; a write that would pass it (only reachable with a
-hand-written revision near the limit) fails validation instead of overflowing, and
-``flagctl apply --force`` restarts the flag's numbering from the current epoch.
+are simply overtaken. Past 1,023 writes in one epoch ``n`` carries into the epoch bits: ordering
+still holds as long as one flag averages fewer than 1,024 writes per millisecond (a compare-and-set
+round trip takes far longer), but ``flagctl`` then shows a later epoch time than the real one.
 
-Limitations: a loss within the same second as the epoch's start reuses that second; and after
-2^20 - 1 (1,048,575) writes to one flag within one epoch, ``n`` carries into the epoch bits (still
-increasing, shown as a later epoch).
+Bounds: revisions stay below :data:`flags.schema.MAX_REVISION` (2^53 - 1, exact as a float) until
+the year 2248; a write that would pass it (only reachable with a hand-written revision near the
+limit) fails with a clear message instead of overflowing, and ``flagctl apply --force`` restarts
+the flag's numbering from the current epoch. A loss within the millisecond its epoch began would
+reuse that millisecond (not a practical case).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-EPOCH_BITS = 20
+EPOCH_BITS = 10
 _COUNT_MASK = (1 << EPOCH_BITS) - 1
 # Revisions at or above this are epoch revisions (epochs begin after 2001-09-09).
-_FIRST_EPOCH = 1_000_000_000 << EPOCH_BITS
+_FIRST_EPOCH = 1_000_000_000_000 << EPOCH_BITS
 
 
 def next_revision(current: int | None, epoch: int) -> int:
@@ -34,11 +35,12 @@ def next_revision(current: int | None, epoch: int) -> int:
 
 
 def describe(revision: int | None) -> str:
-    """A revision for humans: ``1903…457 (epoch 2026-11-25T15:49:18Z #3)``, or the plain number."""
+    """A revision for humans: ``1807…459 (epoch 2026-11-25T15:49:18.123Z #3)``, or the number."""
     if revision is None:
         return "-"
     if revision < _FIRST_EPOCH:
         return str(revision)
     epoch, count = revision >> EPOCH_BITS, revision & _COUNT_MASK
-    began = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    began = datetime.fromtimestamp(epoch / 1000, UTC).isoformat(timespec="milliseconds")
+    began = began.replace("+00:00", "Z")
     return f"{revision} (epoch {began} #{count})"
