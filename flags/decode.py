@@ -187,9 +187,11 @@ def structure_issues(data: Any) -> list[str]:
         return ["(document): must be a JSON object"]
     issues: list[str] = []
     for path, problem in _value_problems(data):
-        issues.append(f"{path or '(document)'}: {problem}")
-        if len(issues) >= MAX_ISSUES:
-            break
+        issue = f"{path or '(document)'}: {problem}"
+        if issue == too_deep_issue():
+            return [issue]  # alone, as the JSON text check (which stops before parsing) says it
+        if len(issues) < MAX_ISSUES:
+            issues.append(issue)
     issues += _condition_depth_issues(data)
     return issues
 

@@ -245,7 +245,11 @@ class FlagSpec(_Strict):
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-ready dict, in the documented field names (``not`` rather than ``not_``)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.guardrails is not None:
+            # A null guardrail means "off"; dropping it would turn its default back on.
+            document["guardrails"] = self.guardrails.model_dump(mode="json")
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_document(), sort_keys=False, separators=(",", ":"))
@@ -262,6 +266,12 @@ _FRIENDLY = {
     "extra_forbidden": "is not a known field (check the spelling)",
     "string_pattern_mismatch": "must be a name of letters, digits, '_', '.', '-' (max 128)",
 }
+
+
+def _format_issues(error: Mapping[str, Any]) -> list[str]:
+    # Our cross-field checks report several issues in one ValueError, joined by "; ".
+    line = _format_issue(error)
+    return line.split("; ") if error["type"] == "value_error" else [line]
 
 
 def _format_issue(error: Mapping[str, Any]) -> str:
@@ -285,19 +295,19 @@ def parse_flag(document: Mapping[str, Any] | str | bytes, *, key: str | None = N
     checked by :mod:`flags.decode` before any recursive code runs. Raises
     :class:`FlagValidationError` listing every problem with its field path, and nothing else.
     """
-    if isinstance(document, Mapping):
-        data: Any = document
+    if isinstance(document, str | bytes):
+        data: Any = decode_json(document, key=key)
+        issues = structure_issues(data)
+    else:  # decoded data (from a file, a mutation, code): measured as the JSON a write stores
+        data = document
         issues = structure_issues(data)
         issues = issues or document_size_issues(data)
-    else:
-        data = decode_json(document, key=key)
-        issues = structure_issues(data)
     if issues:
         raise FlagValidationError(issues, key=key)
     try:
         spec = FlagSpec.model_validate(data)
     except ValidationError as exc:
-        issues = [line for e in exc.errors() for line in _format_issue(e).split("; ")]
+        issues = [line for e in exc.errors() for line in _format_issues(e)]
         raise FlagValidationError(issues, key=key) from exc
     if key is not None and spec.key != key:
         raise FlagValidationError([f"key: is {spec.key!r} but is stored as {key!r}"], key=key)
