@@ -32,7 +32,7 @@ from flags.evaluation import Subject
 from flags.redis_conn import DEFAULT_URL, sync_client
 from flags.redis_keys import DEFAULT_PREFIX, RedisKeys
 from flags.revisions import describe
-from flags.schema import FlagSpec, entry_key, load_flag_file_text, parse_flag
+from flags.schema import FlagSpec, entry_document, entry_key, load_flag_file_text, parse_flag
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True)
@@ -125,7 +125,7 @@ def _read_file(path: str) -> list[FlagSpec]:
     specs, issues = [], []
     for i, doc in enumerate(documents):
         try:
-            specs.append(parse_flag(doc))
+            specs.append(parse_flag(entry_document(doc)))  # exactly as the file source does
         except FlagValidationError as exc:
             issues += [f"{entry_key(doc, i)}: {issue}" for issue in exc.issues]
     if issues:
