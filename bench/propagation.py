@@ -120,8 +120,10 @@ def measure(url: str, prefix: str, changes: int, watchers: list[Watcher], raw: b
             doc = ramp(stored.spec, "candidate", percent).to_document()
             doc["revision"] = revision
             client.set(keys.flag("digits"), json.dumps(doc))
-        else:
-            admin.update("digits", _ramp_to(percent), action="ramp", reason="bench")
+        else:  # epoch revisions (flags.revisions): the write says which revision it stored
+            revision = admin.update(
+                "digits", _ramp_to(percent), action="ramp", reason="bench"
+            ).revision
         latencies.append(_await_all(watchers, revision, timeout=5) - started)
     return latencies
 

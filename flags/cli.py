@@ -2,6 +2,10 @@
 
 Exit codes: 0 ok, 1 error (one line on stderr, never a traceback), 2 usage, 3 revision conflict
 (someone else changed the flag: re-read and retry).
+
+Everything read from Redis is untrusted: documents go through :func:`flags.schema.parse_flag`
+(an invalid one is shown as INVALID with its reason), and text from Redis is printed without
+markup interpretation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flags import mutations
@@ -26,7 +31,8 @@ from flags.errors import FlagsError, FlagValidationError, RevisionConflictError
 from flags.evaluation import Subject
 from flags.redis_conn import DEFAULT_URL, sync_client
 from flags.redis_keys import DEFAULT_PREFIX, RedisKeys
-from flags.schema import FlagSpec, load_flag_file_text, parse_flag
+from flags.revisions import describe
+from flags.schema import FlagSpec, entry_document, entry_key, load_flag_file_text, parse_flag
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False, soft_wrap=True)
@@ -56,18 +62,21 @@ def _friendly_errors() -> Iterator[None]:
     try:
         yield
     except RevisionConflictError as exc:
-        err.print(f"conflict: {exc}")
+        err.print(f"conflict: {exc}", markup=False)
         sys.exit(EXIT_CONFLICT)
     except FlagValidationError as exc:
-        err.print(f"error: {exc.args[0].split(': ', 1)[0]}:")
+        err.print(f"error: {exc.args[0].split(': ', 1)[0]}:", markup=False)
         for issue in exc.issues:
-            err.print(f"  {issue}")
+            err.print(f"  {issue}", markup=False)
         sys.exit(EXIT_ERROR)
     except FlagsError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
         sys.exit(EXIT_ERROR)
     except (OSError, ValueError) as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(EXIT_ERROR)
+    except Exception as exc:  # the promise is "never a traceback": say what broke, briefly
+        err.print(f"error: unexpected {type(exc).__name__}: {exc} (please report it)", markup=False)
         sys.exit(EXIT_ERROR)
 
 
@@ -110,15 +119,15 @@ pass_ctx = click.make_pass_decorator(Context)
 
 
 def _read_file(path: str) -> list[FlagSpec]:
+    """Every flag in the file, each validated like a sidecar validates it (same messages)."""
     text = Path(path).read_text()
     documents = load_flag_file_text(text, filename=path)
     specs, issues = [], []
     for i, doc in enumerate(documents):
         try:
-            specs.append(parse_flag(doc))
+            specs.append(parse_flag(entry_document(doc)))  # exactly as the file source does
         except FlagValidationError as exc:
-            where = doc.get("key", f"#{i}")
-            issues += [f"{where}: {issue}" for issue in exc.issues]
+            issues += [f"{entry_key(doc, i)}: {issue}" for issue in exc.issues]
     if issues:
         raise FlagValidationError(issues)
     return specs
@@ -155,7 +164,7 @@ def apply(ctx: Context, file: str, reason: str, force: bool, as_json: bool) -> N
 
     def human() -> None:
         for spec in written:
-            out.print(f"applied {spec.key} revision {spec.revision}")
+            out.print(f"applied {spec.key} revision {describe(spec.revision)}")
 
     emit(as_json, [{"flag": s.key, "revision": s.revision} for s in written], human)
 
@@ -176,7 +185,13 @@ def list_flags(ctx: Context, as_json: bool) -> None:
 
     def row(f: StoredFlag) -> dict[str, Any]:
         if f.spec is None:
-            return {"flag": f.key, "valid": False, "error": f.error, "revision": f.revision}
+            return {
+                "flag": f.key,
+                "valid": False,
+                "present": f.present,
+                "error": f.error,
+                "revision": f.revision,
+            }
         s = f.spec
         return {
             "flag": f.key,
@@ -193,13 +208,19 @@ def list_flags(ctx: Context, as_json: bool) -> None:
         table = Table("flag", "rev", "state", "default", "allocation", "variants")
         for f in flags:
             if f.spec is None:
-                table.add_row(f.key, str(f.revision), "[red]INVALID[/red]", "", f.error or "", "")
+                state = "[red]INVALID[/red]" if f.present else "[red]MISSING[/red]"
+                table.add_row(escape(f.key), describe(f.revision), state, "", escape(f.error or ""))
                 continue
             s = f.spec
             state = "[green]on[/green]" if s.enabled else "[yellow]off[/yellow]"
             variants = ", ".join(f"{k}={v.model}:{v.version}" for k, v in s.variants.items())
             table.add_row(
-                s.key, str(s.revision), state, s.default_variant, _split_text(s), variants
+                s.key,
+                describe(s.revision),
+                state,
+                s.default_variant,
+                escape(_split_text(s)),
+                escape(variants),
             )
         out.print(table)
 
@@ -227,9 +248,9 @@ def show(ctx: Context, flag: str, as_json: bool) -> None:
     }
 
     def human() -> None:
-        out.print(f"[bold]{flag}[/bold] revision {stored.revision}")
+        out.print(f"[bold]{escape(flag)}[/bold] revision {describe(stored.revision)}")
         if stored.error:
-            out.print(f"[red]INVALID in Redis[/red]: {stored.error}")
+            out.print(f"[red]INVALID in Redis[/red]: {escape(stored.error)}")
         out.print_json(json.dumps(document) if stored.spec else json.dumps({"raw": document}))
         _audit_table(entries, "recent changes")
 
@@ -239,9 +260,8 @@ def show(ctx: Context, flag: str, as_json: bool) -> None:
 def _audit_table(entries: list[dict[str, Any]], title: str) -> None:
     table = Table("at", "actor", "action", "rev", "reason", "changes", title=title)
     for e in entries:
-        table.add_row(
-            e["at"], e["actor"], e["action"], e["revision"], e["reason"], "\n".join(e["changes"])
-        )
+        cells = (e["at"], e["actor"], e["action"], e["revision"], e["reason"])
+        table.add_row(*(escape(str(c)) for c in cells), escape("\n".join(e["changes"])))
     out.print(table)
 
 
@@ -280,7 +300,7 @@ def ramp(ctx: Context, flag: str, variant: str, percent: float, reason: str, as_
 
     def message(spec: FlagSpec) -> str:
         note = "" if spec.enabled else "  [yellow](flag is disabled: `flagctl enable` to serve)[/]"
-        return f"{flag} revision {spec.revision}: {_split_text(spec)}{note}"
+        return f"{flag} revision {describe(spec.revision)}: {_split_text(spec)}{note}"
 
     _write_verb(
         ctx, flag, lambda s: mutations.ramp(s, variant, percent), "ramp", reason, as_json, message
@@ -301,7 +321,7 @@ def rollback(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
         "rollback",
         reason,
         as_json,
-        lambda s: f"{flag} rolled back to {s.default_variant!r} (revision {s.revision})",
+        lambda s: f"{flag} rolled back to {s.default_variant!r} (revision {describe(s.revision)})",
     )
 
 
@@ -319,7 +339,7 @@ def enable(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
         "enable",
         reason,
         as_json,
-        lambda s: f"{flag} enabled (revision {s.revision})",
+        lambda s: f"{flag} enabled (revision {describe(s.revision)})",
     )
 
 
@@ -337,7 +357,9 @@ def disable(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
         "disable",
         reason,
         as_json,
-        lambda s: f"{flag} disabled: everyone gets {s.default_variant!r} (revision {s.revision})",
+        lambda s: (
+            f"{flag} disabled: everyone gets {s.default_variant!r} (revision {describe(s.revision)})"
+        ),
     )
 
 
@@ -359,7 +381,23 @@ def allow(
         "allow",
         reason,
         as_json,
-        lambda s: f"{', '.join(users)} now get {variant!r} (revision {s.revision})",
+        lambda s: f"{', '.join(users)} now get {variant!r} (revision {describe(s.revision)})",
+    )
+
+
+@cli.command()
+@click.argument("flag")
+@click.option("--reason", required=True, help="Why: recorded in the audit stream (required).")
+@json_option
+@pass_ctx
+def delete(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
+    """Remove FLAG on purpose: sidecars drop it (a document that just vanishes is kept as data
+    loss). Audited; leaves a tombstone that a later `apply` of the flag clears."""
+    revision = ctx.admin.delete(flag, reason=reason)
+    emit(
+        as_json,
+        {"flag": flag, "action": "delete", "revision": revision},
+        lambda: out.print(f"deleted {escape(flag)} (revision {describe(revision)})"),
     )
 
 

@@ -7,7 +7,9 @@ One tree, so callers can catch exactly what they can act on::
     ├── FlagNotFoundError       no flag with that key
     ├── VariantError            a command named a variant the flag does not have, or cannot use
     └── StoreError              the flag store (Redis) could not do what was asked
-        ├── StoreUnavailableError   unreachable, timed out, authentication refused
+        ├── StoreUnavailableError   unreachable, timed out
+        ├── StoreAuthError          credentials refused (WRONGPASS, NOAUTH) or no permission
+        │                           (NOPERM): a configuration error, fatal at a sidecar's start
         └── RevisionConflictError   someone else changed the flag since it was read
 
 Evaluation on the request path never raises: it returns the default variant with reason ERROR.
@@ -25,11 +27,14 @@ class FlagsError(Exception):
 class FlagValidationError(FlagsError):
     """A flag document failed validation; ``issues`` holds one "path: problem" line each."""
 
-    def __init__(self, issues: Sequence[str], *, key: str | None = None) -> None:
+    def __init__(
+        self, issues: Sequence[str], *, key: str | None = None, note: str | None = None
+    ) -> None:
         self.issues = tuple(issues)
         self.key = key
         where = f"flag {key!r}" if key else "flag"
-        super().__init__(f"invalid {where}: " + "; ".join(self.issues))
+        context = f" ({note})" if note else ""
+        super().__init__(f"invalid {where}{context}: " + "; ".join(self.issues))
 
 
 class FlagNotFoundError(FlagsError):
@@ -47,7 +52,11 @@ class StoreError(FlagsError):
 
 
 class StoreUnavailableError(StoreError):
-    """The store is unreachable or refused us (network, timeout, auth, ACL)."""
+    """The store is unreachable (network, timeout, server error)."""
+
+
+class StoreAuthError(StoreError):
+    """The store refused our credentials or lacks a permission: fix the configuration."""
 
 
 class RevisionConflictError(StoreError):

@@ -14,7 +14,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.sentinel import Sentinel
+
+from flags.errors import StoreAuthError, StoreError, StoreUnavailableError
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -105,3 +108,30 @@ def as_bytes(value: bytes | str) -> bytes:
 
 def as_text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+_AUTH_MARKERS = ("NOAUTH", "WRONGPASS", "NOPERM", "no permissions", "invalid password")
+
+
+def is_auth_error(exc: BaseException) -> bool:
+    """Credentials refused or a permission missing: configuration, not an outage."""
+    if isinstance(exc, AuthenticationError | NoPermissionError):
+        return True
+    return isinstance(exc, ResponseError) and any(m in str(exc) for m in _AUTH_MARKERS)
+
+
+def translate(exc: RedisError | OSError, url: str) -> StoreError:
+    """One redis-py error as the ``flags`` error an operator can act on (password redacted)."""
+    where = redact(url) if url else "Redis"
+    if isinstance(exc, NoPermissionError) or (is_auth_error(exc) and "NOPERM" in str(exc)):
+        return StoreAuthError(
+            f"Redis at {where}: permission denied by Redis ACL ({exc}); give the user the "
+            "permissions docs/flags.md lists (sidecars: read keys and subscribe to the channel "
+            "under the prefix; flagctl: also write and run scripts)"
+        )
+    if is_auth_error(exc):
+        return StoreAuthError(
+            f"Redis at {where} refused the credentials ({exc}); check the user and password in "
+            "the Redis URL (--redis-url / TRAFFICSPLIT_REDIS_URL)"
+        )
+    return StoreUnavailableError(f"cannot reach Redis at {where}: {exc}")

@@ -12,7 +12,6 @@ import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,7 +24,19 @@ from pydantic import (
     model_validator,
 )
 
+from flags.decode import (
+    MAX_FILE_BYTES,
+    decode_json,
+    decode_yaml,
+    document_size_issues,
+    encode_json,
+    structure_issues,
+)
 from flags.errors import FlagValidationError
+
+# Revisions stay below 2^53: exact as a float (Prometheus gauges, JSON in other languages) and far
+# below int64. flagctl's epoch revisions (flags.revisions) reach 2^53 only in the year 2242.
+MAX_REVISION = (1 << 53) - 1
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -187,7 +198,7 @@ class FlagSpec(_Strict):
     key: Name
     description: str = ""
     enabled: bool = True
-    revision: Annotated[int, Field(ge=0)] = 0
+    revision: Annotated[int, Field(ge=0, le=MAX_REVISION)] = 0
     salt: Annotated[str, StringConstraints(max_length=256)] = ""
     variants: dict[Name, Target] = Field(min_length=1)
     default_variant: Name
@@ -234,7 +245,11 @@ class FlagSpec(_Strict):
 
     def to_document(self) -> dict[str, Any]:
         """The JSON-ready dict, in the documented field names (``not`` rather than ``not_``)."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        document = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if self.guardrails is not None:
+            # A null guardrail means "off"; dropping it would turn its default back on.
+            document["guardrails"] = self.guardrails.model_dump(mode="json")
+        return document
 
     def to_json(self) -> str:
         return json.dumps(self.to_document(), sort_keys=False, separators=(",", ":"))
@@ -253,6 +268,12 @@ _FRIENDLY = {
 }
 
 
+def _format_issues(error: Mapping[str, Any]) -> list[str]:
+    # Our cross-field checks report several issues in one ValueError, joined by "; ".
+    line = _format_issue(error)
+    return line.split("; ") if error["type"] == "value_error" else [line]
+
+
 def _format_issue(error: Mapping[str, Any]) -> str:
     # Pydantic's location holds the discriminator tags too ("condition", "all"): drop them.
     tags = {"condition", "all", "any", "not", "not_"}
@@ -269,46 +290,58 @@ def _format_issue(error: Mapping[str, Any]) -> str:
 def parse_flag(document: Mapping[str, Any] | str | bytes, *, key: str | None = None) -> FlagSpec:
     """Validate one flag document; ``key`` (the Redis key / file entry) must match its ``key``.
 
-    Raises :class:`FlagValidationError` listing every problem with its field path.
+    The one entry point every path uses: the store (Redis and file sources), every ``flagctl``
+    verb, and every write after its edit. Limits (size, nesting, finite numbers, int64) are
+    checked by :mod:`flags.decode` before any recursive code runs. Raises
+    :class:`FlagValidationError` listing every problem with its field path, and nothing else.
     """
-    data = _load(document, key=key)
-    if not isinstance(data, Mapping):
-        raise FlagValidationError(["(document): must be a JSON object"], key=key)
+    if isinstance(document, str | bytes):
+        data: Any = decode_json(document, key=key)
+        issues = structure_issues(data)
+    else:  # decoded data (from a file, a mutation, code): measured as the JSON a write stores
+        data = document
+        issues = structure_issues(data)
+        issues = issues or document_size_issues(data)
+    if issues:
+        raise FlagValidationError(issues, key=key)
     try:
         spec = FlagSpec.model_validate(data)
     except ValidationError as exc:
-        issues = [line for e in exc.errors() for line in _format_issue(e).split("; ")]
+        issues = [line for e in exc.errors() for line in _format_issues(e)]
         raise FlagValidationError(issues, key=key) from exc
     if key is not None and spec.key != key:
         raise FlagValidationError([f"key: is {spec.key!r} but is stored as {key!r}"], key=key)
     return spec
 
 
-def _load(document: Mapping[str, Any] | str | bytes, *, key: str | None) -> Any:
-    if isinstance(document, Mapping):
-        return document
-    try:
-        return json.loads(document, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FlagValidationError([f"(document): not valid JSON ({exc})"], key=key) from exc
+def load_flag_file_text(text: str, *, filename: str = "") -> list[Any]:
+    """Parse a JSON or YAML file holding one flag, a list of flags, or ``{"flags": [...]}``.
 
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not allowed in a flag")
-
-
-def load_flag_file_text(text: str, *, filename: str = "") -> list[dict[str, Any]]:
-    """Parse a JSON or YAML file holding one flag, a list of flags, or ``{"flags": [...]}``."""
-    try:
-        data = json.loads(text) if filename.endswith(".json") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise FlagValidationError([f"(file): not valid JSON/YAML ({exc})"]) from exc
+    Returns the entries undecided: each goes through :func:`parse_flag` like a Redis document,
+    so an entry that is not an object gets the same message as such a document in Redis.
+    """
+    if filename.endswith(".json"):
+        data = decode_json(text, limit=MAX_FILE_BYTES)
+    else:
+        data = decode_yaml(text)
     if isinstance(data, Mapping) and "flags" in data and "key" not in data:
         data = data["flags"]
         if isinstance(data, Mapping):
             data = [{"key": k, **v} if isinstance(v, Mapping) else v for k, v in data.items()]
     if isinstance(data, Mapping):
         data = [data]
-    if not isinstance(data, list) or not all(isinstance(d, Mapping) for d in data):
+    if not isinstance(data, list):
         raise FlagValidationError(["(file): expected a flag object or a list of flag objects"])
-    return [dict(d) for d in data]
+    return [dict(d) if isinstance(d, Mapping) else d for d in data]
+
+
+def entry_key(entry: Any, index: int) -> str:
+    """How a file entry is named in messages: its ``key`` when it has a usable one, else ``#i``."""
+    if isinstance(entry, Mapping) and isinstance(entry.get("key"), str) and entry["key"]:
+        return str(entry["key"])
+    return f"#{index}"
+
+
+def entry_document(entry: Any) -> str:
+    """A file entry as the JSON text a store validates (non-finite numbers kept, to be reported)."""
+    return encode_json(entry)

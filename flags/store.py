@@ -4,6 +4,11 @@ Sources hand over raw documents (bytes as stored); the store parses, validates a
 then swaps in a new :class:`Snapshot` whole. A document that fails validation is rejected, logged
 once and counted, and the flag's last good version keeps serving. Documents identical to the last
 seen ones are skipped, so a source may re-push everything on every reconcile tick cheaply.
+
+A flag that disappears is removed only when the source says it was deleted on purpose: sources
+that know deletions (Redis: a ``flagctl delete`` tombstone) pass ``tombstones``; a flag missing
+without one is data loss, so its last good version keeps serving, marked stale (see
+:mod:`flags.health`).
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from flags.compiled import CompiledFlag
-from flags.errors import FlagsError
+from flags.errors import FlagsError, FlagValidationError
+from flags.health import Rejection, SourceStatus, StoreHealth
 from flags.schema import parse_flag
 from flags.snapshot import EMPTY_SNAPSHOT, Snapshot
+
+__all__ = ["Change", "FlagStore", "Rejection", "SourceStatus", "StoreHealth"]
 
 log = logging.getLogger("flags.store")
 
@@ -34,25 +42,6 @@ class Change:
     key: str
     old_revision: int | None
     new_revision: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    key: str
-    reason: str
-    at: float
-
-
-@dataclass
-class StoreHealth:
-    """What health checks and metrics report about the flag state."""
-
-    loaded: bool = False
-    stale: bool = False
-    stale_reason: str | None = None
-    last_sync_at: float | None = None
-    rejected_total: int = 0
-    rejections: dict[str, Rejection] = field(default_factory=dict)
 
 
 Listener = Callable[[list[Change], Snapshot], None]
@@ -77,21 +66,29 @@ class FlagStore:
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def sync(self, documents: Mapping[str, Document | None], *, complete: bool) -> list[Change]:
+    def sync(
+        self,
+        documents: Mapping[str, Document | None],
+        *,
+        complete: bool,
+        tombstones: Collection[str] | None = None,
+    ) -> list[Change]:
         """Apply documents from a source.
 
-        ``complete=True`` means ``documents`` is everything the source has: flags missing from it
-        are removed. A None document means that flag was deleted.
+        ``complete=True`` means ``documents`` is everything the source has. A served flag that is
+        absent from a complete sync, or given as None, has gone: with ``tombstones`` None (file
+        and memory sources, where absence is the edit) it is removed; otherwise it is removed
+        only if its key is in ``tombstones`` (deleted on purpose) and kept, stale, if not.
         """
         with self._lock:
-            updates: dict[str, CompiledFlag | None] = {}
+            gone = {key for key, raw in documents.items() if raw is None}
             if complete:
-                for key in self._snapshot.keys() - documents.keys():
-                    updates[key] = None
+                gone |= self._snapshot.keys() - documents.keys()
+            gone &= self._snapshot.keys()
+            lost = set() if tombstones is None else gone - set(tombstones)
+            updates: dict[str, CompiledFlag | None] = {key: None for key in gone - lost}
             for key, raw in documents.items():
                 if raw is None:
-                    if key in self._snapshot:
-                        updates[key] = None
                     continue
                 data = raw.encode() if isinstance(raw, str) else raw
                 if self._seen.get(key) == data:
@@ -106,6 +103,7 @@ class FlagStore:
                     self._seen.pop(key, None)
                     self._accepted.pop(key, None)
             changes = self._swap(updates)
+            self._track_missing(lost, present={k for k, v in documents.items() if v is not None})
             self.health.loaded = True
             self.health.last_sync_at = time.time()
         if changes:
@@ -117,22 +115,45 @@ class FlagStore:
                     log.exception("flag change listener %r failed", listener)
         return changes
 
+    def _track_missing(self, lost: set[str], *, present: set[str]) -> None:
+        """Flags kept after their document vanished: logged and counted once per episode."""
+        before = set(self.health.missing_flags)
+        now = (before - present - {k for k in before if k not in self._snapshot}) | lost
+        new = sorted(now - before)
+        if new:
+            self.health.data_loss_total += len(new)
+            log.error(
+                "flag documents disappeared without `flagctl delete` (data loss?): %s; "
+                "their last good versions keep serving, marked stale",
+                ", ".join(new),
+            )
+        back = sorted(before - now)
+        if back:
+            log.info("flag documents present again: %s", ", ".join(back))
+        if new or back:
+            self.health.missing_flags = tuple(sorted(now))
+            self.health.refresh()
+
     def _compile(self, key: str, data: bytes) -> CompiledFlag | None:
         try:
             flag = CompiledFlag(parse_flag(data, key=key))
+        except FlagValidationError as exc:
+            self.reject(key, str(exc), exc.issues)
+            return None
         except FlagsError as exc:
-            self._reject(key, str(exc))
+            self.reject(key, str(exc))
             return None
         except Exception as exc:  # a bug compiling a valid document: reject it, keep serving
             log.exception("compiling flag %r failed", key)
-            self._reject(key, f"internal error compiling the flag: {exc}")
+            self.reject(key, f"internal error compiling the flag: {exc}")
             return None
         self.health.rejections.pop(key, None)
         return flag
 
-    def _reject(self, key: str, reason: str) -> None:
+    def reject(self, key: str, reason: str, issues: tuple[str, ...] = ()) -> None:
+        """Count and log an invalid document (``key``: a flag, or a file as a whole)."""
         self.health.rejected_total += 1
-        self.health.rejections[key] = Rejection(key, reason, time.time())
+        self.health.rejections[key] = Rejection(key, reason, time.time(), issues)
         serving = self._snapshot.get(key)
         kept = f"revision {serving.revision} keeps serving" if serving else "flag not served"
         log.warning("rejected flag %r (%s): %s", key, kept, reason)
@@ -155,17 +176,24 @@ class FlagStore:
             self._snapshot = old.replace(updates)
         return changes
 
-    def mark_stale(self, reason: str) -> None:
-        if not self.health.stale:
-            log.warning("flag source unreachable, serving last good flags: %s", reason)
-        self.health.stale = True
-        self.health.stale_reason = reason
+    def mark_stale(self, reason: str, *, status: SourceStatus = SourceStatus.UNREACHABLE) -> None:
+        """The source cannot be read (``status`` says why); the last good flags keep serving."""
+        if self.health.source_status is not status:
+            if status is SourceStatus.AUTH:
+                log.error("flag source refused our credentials, serving last good: %s", reason)
+            else:
+                log.warning("flag source unreachable, serving last good flags: %s", reason)
+        self.health.source_status = status
+        self.health.source_error = reason
+        self.health.refresh()
 
     def mark_fresh(self) -> None:
-        if self.health.stale:
-            log.info("flag source reachable again; flags resynced")
-        self.health.stale = False
-        self.health.stale_reason = None
+        if self.health.source_status is not SourceStatus.OK or self.health.started_from_snapshot:
+            log.info("flag source readable again; flags resynced")
+        self.health.source_status = SourceStatus.OK
+        self.health.source_error = None
+        self.health.started_from_snapshot = None
+        self.health.refresh()
 
     # Local snapshot file: lets a process start (stale) while its source is down.
     def _persist(self) -> None:
@@ -186,11 +214,12 @@ class FlagStore:
             return False
         try:
             saved = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.warning("ignoring unreadable flag snapshot file %s: %s", path, exc)
             return False
         if not isinstance(saved, dict):
             return False
         self.sync({str(k): str(v) for k, v in saved.items()}, complete=True)
-        self.mark_stale(f"started from snapshot file {path}")
+        self.health.started_from_snapshot = f"started from snapshot file {path}"
+        self.health.refresh()
         return len(self._snapshot) > 0

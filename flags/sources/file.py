@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 
-from flags.errors import FlagsError
-from flags.schema import load_flag_file_text
+from flags.errors import FlagsError, FlagValidationError
+from flags.schema import entry_document, entry_key, load_flag_file_text
 from flags.store import FlagStore
 
 log = logging.getLogger("flags.sources.file")
@@ -54,14 +53,15 @@ class FileFlagSource:
             return
         self._signature = signature
         try:
-            documents = load_flag_file_text(self._path.read_text(), filename=self._path.name)
-            by_key = {
-                str(doc.get("key", f"#{i}")): json.dumps(doc) for i, doc in enumerate(documents)
-            }
-        except (OSError, FlagsError) as exc:
-            self._store.health.rejected_total += 1
-            log.warning("rejected flag file %s, last good flags keep serving: %s", self._path, exc)
+            entries = load_flag_file_text(self._path.read_text(), filename=self._path.name)
+        except (OSError, UnicodeDecodeError, FlagsError) as exc:
+            # The whole file is unreadable: recorded under its path, the last good flags stay.
+            issues = exc.issues if isinstance(exc, FlagValidationError) else (str(exc),)
+            self._store.reject(str(self._path), f"rejected flag file: {exc}", issues)
             return
+        # Each entry is validated by the store exactly like a document read from Redis.
+        by_key = {entry_key(doc, i): entry_document(doc) for i, doc in enumerate(entries)}
+        self._store.health.rejections.pop(str(self._path), None)
         self._store.sync(by_key, complete=True)
         self._store.mark_fresh()
 

@@ -24,9 +24,9 @@ from flags.store import FlagStore
 pytestmark = pytest.mark.redis
 
 
-def write_then_load(url: str) -> int | None:
-    """flagctl's write path, then a sidecar's source reading it back: the revision it serves."""
-    FlagAdmin(sync_client(url), keys=RedisKeys("conn:"), url=url).apply(
+def write_then_load(url: str) -> bool:
+    """flagctl's write path, then a sidecar's source reading it back: serves what was written?"""
+    written = FlagAdmin(sync_client(url), keys=RedisKeys("conn:"), url=url).apply(
         parse_flag(digits_flag()), reason="t"
     )
 
@@ -40,7 +40,7 @@ def write_then_load(url: str) -> int | None:
         finally:
             await source.close()
 
-    return asyncio.run(load())
+    return asyncio.run(load()) == written.revision
 
 
 def test_password_auth(tmp_path: Path) -> None:
@@ -48,7 +48,7 @@ def test_password_auth(tmp_path: Path) -> None:
         tmp_path, extra_args=("--requirepass", "pa ss/wd"), client_options={"password": "pa ss/wd"}
     ).start()
     try:
-        assert write_then_load(f"redis://:pa%20ss%2Fwd@127.0.0.1:{server.port}/0") == 1
+        assert write_then_load(f"redis://:pa%20ss%2Fwd@127.0.0.1:{server.port}/0")
         assert "pa ss" not in redact(f"redis://:pa%20ss%2Fwd@127.0.0.1:{server.port}/0")
     finally:
         server.stop()
@@ -130,7 +130,7 @@ def test_tls_rediss_url(tmp_path: Path, tls_files: dict[str, Path]) -> None:
     ).start()
     try:
         url = f"rediss://127.0.0.1:{server.port}/0?ssl_ca_certs={tls_files['ca']}&ssl_cert_reqs=required"
-        assert write_then_load(url) == 1
+        assert write_then_load(url)
         with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)ssl|certificate|verify"):
             sync_client(
                 f"rediss://127.0.0.1:{server.port}/0?ssl_cert_reqs=required"
@@ -170,4 +170,4 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
 
 def test_sentinel_url(sentinel: tuple[RedisServer, int]) -> None:
     _, port = sentinel
-    assert write_then_load(f"redis+sentinel://127.0.0.1:{port}/flags/0") == 1
+    assert write_then_load(f"redis+sentinel://127.0.0.1:{port}/flags/0")

@@ -18,7 +18,7 @@ import pytest
 from servers import RedisServer, stop_process
 from support import ROOT, digits_flag
 
-from flags import RevisionConflictError, StoreUnavailableError, Subject, evaluate, parse_flag
+from flags import RevisionConflictError, StoreAuthError, Subject, evaluate, parse_flag
 from flags.admin import FlagAdmin
 from flags.mutations import ramp
 from flags.redis_conn import sync_client
@@ -118,14 +118,19 @@ def test_flagctl_apply_reaches_a_store_in_another_process(
         assert seen.get(timeout=20) == {"ready": True, "flags": {}}
         assert flagctl("apply", str(flag_file), url=redis_server.url, prefix=prefix).returncode == 0
         first = seen.get(timeout=5)
-        assert first == {"flag": "digits", "revision": 1, "previous": None}
+        applied = admin_for(redis_server, prefix).get("digits").revision
+        assert first == {"flag": "digits", "revision": applied, "previous": None}
         assert (
             flagctl(
                 "ramp", "digits", "candidate", "5", url=redis_server.url, prefix=prefix
             ).returncode
             == 0
         )
-        assert seen.get(timeout=5) == {"flag": "digits", "revision": 2, "previous": 1}
+        assert seen.get(timeout=5) == {
+            "flag": "digits",
+            "revision": applied + 1,
+            "previous": applied,
+        }
     finally:
         stop_process(watcher)  # type: ignore[arg-type]
 
@@ -133,12 +138,12 @@ def test_flagctl_apply_reaches_a_store_in_another_process(
 def test_raw_set_without_publish_is_seen_within_a_second(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup")
+    written = admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup")
     keys = RedisKeys(prefix)
 
     async def scenario() -> float:
         async with running_source(redis_server.url, prefix) as (store, _):
-            assert revision(store) == 1
+            assert revision(store) == written.revision
             edited = digits_flag(revision=7, enabled=False)
             redis_server.client().set(keys.flag("digits"), json.dumps(edited))  # no PUBLISH
             return await until(lambda: revision(store) == 7, 1.0, "raw SET to be picked up")
@@ -149,7 +154,7 @@ def test_raw_set_without_publish_is_seen_within_a_second(
 def test_invalid_raw_flag_is_rejected_and_last_good_keeps_serving(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup")
+    good = admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup").revision
     keys = RedisKeys(prefix)
 
     async def scenario() -> None:
@@ -161,9 +166,9 @@ def test_invalid_raw_flag_is_rejected_and_last_good_keeps_serving(
                 keys.channel, json.dumps({"key": "digits", "revision": 2})
             )
             await until(lambda: store.health.rejected_total == 1, 2.0, "the rejection")
-            assert revision(store) == 1
+            assert revision(store) == good
             r = evaluate(store.snapshot, "digits", Subject("alice@example.com"))
-            assert (r.variant, r.revision) == ("candidate", 1)
+            assert (r.variant, r.revision) == ("candidate", good)
             assert "unknown variant 'ghost'" in store.health.rejections["digits"].reason
 
     asyncio.run(scenario())
@@ -172,7 +177,7 @@ def test_invalid_raw_flag_is_rejected_and_last_good_keeps_serving(
 def test_redis_outage_serves_last_good_marks_stale_and_resyncs(
     fresh_redis: RedisServer, prefix: str
 ) -> None:
-    admin_for(fresh_redis, prefix).apply(parse_flag(digits_flag()), reason="setup")
+    before_loss = admin_for(fresh_redis, prefix).apply(parse_flag(digits_flag()), reason="setup")
 
     async def scenario() -> None:
         async with running_source(fresh_redis.url, prefix, reconcile_interval=0.05) as (store, _):
@@ -185,22 +190,25 @@ def test_redis_outage_serves_last_good_marks_stale_and_resyncs(
             )
             fresh_redis.start()  # comes back empty: no persistence in tests
             await until(
-                lambda: (
-                    store.health.stale_reason is not None
-                    and "no flags" in store.health.stale_reason
-                ),
+                lambda: store.health.missing_flags == ("digits",),
                 10.0,
-                "the empty Redis to be noticed",
+                "the empty Redis to be noticed as data loss",
             )
-            assert revision(store) == 1  # an empty Redis does not wipe the flags
-            admin_for(fresh_redis, prefix).apply(
+            assert store.health.stale and store.health.source_status == "ok"
+            assert store.health.data_loss_total == 1
+            assert "digits" in (store.health.stale_reason or "")
+            assert revision(store) == before_loss.revision  # an empty Redis wipes no flag
+            restored = admin_for(fresh_redis, prefix).apply(
                 parse_flag(digits_flag(enabled=False)), reason="restore"
             )
+            # A new epoch: the re-applied flag is newer than anything seen before the loss.
+            assert restored.revision > before_loss.revision
             await until(
                 lambda: not store.health.stale and not store.snapshot["digits"].enabled,
                 5.0,
                 "the resync",
             )
+            assert store.health.missing_flags == () and store.health.data_loss_total == 1
 
     asyncio.run(scenario())
 
@@ -224,20 +232,22 @@ def test_store_starts_from_snapshot_file_while_redis_is_down(tmp_path: Path, pre
 
 def test_two_writers_one_conflict_no_lost_update(redis_server: RedisServer, prefix: str) -> None:
     alice, bob = admin_for(redis_server, prefix, "alice"), admin_for(redis_server, prefix, "bob")
-    alice.apply(parse_flag(digits_flag()), reason="setup")
+    first = alice.apply(parse_flag(digits_flag()), reason="setup").revision
     read_by_alice, read_by_bob = alice.get("digits"), bob.get("digits")
     assert read_by_alice.spec is not None and read_by_bob.spec is not None
     alice._write(ramp(read_by_alice.spec, "candidate", 5), read_by_alice, action="ramp", reason="a")
-    with pytest.raises(RevisionConflictError, match="it is now 2"):
+    with pytest.raises(RevisionConflictError, match=f"it is now {first + 1}"):
         bob._write(ramp(read_by_bob.spec, "candidate", 50), read_by_bob, action="ramp", reason="b")
     stored = alice.get("digits")
-    assert stored.revision == 2 and stored.spec is not None
+    assert stored.revision == first + 1 and stored.spec is not None
     assert stored.spec.allocation is not None and stored.spec.allocation.split["candidate"] == 5
     assert [e.fields["actor"] for e in alice.audit("digits")] == ["alice", "alice"]
 
 
 def test_racing_writers_every_success_is_kept(redis_server: RedisServer, prefix: str) -> None:
-    admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup")
+    first = (
+        admin_for(redis_server, prefix).apply(parse_flag(digits_flag()), reason="setup").revision
+    )
     barrier = threading.Barrier(8)
     outcomes: list[str] = []
 
@@ -260,14 +270,14 @@ def test_racing_writers_every_success_is_kept(redis_server: RedisServer, prefix:
     wins = outcomes.count("ok")
     assert len(outcomes) == 8 and wins >= 1
     final = admin_for(redis_server, prefix).get("digits")
-    assert final.revision == 1 + wins
+    assert final.revision == first + wins
     assert len(admin_for(redis_server, prefix).audit("digits", limit=100)) == 1 + wins
 
 
 def test_read_only_acl_user_loads_flags_but_cannot_write(
     fresh_redis: RedisServer, prefix: str
 ) -> None:
-    admin_for(fresh_redis, prefix).apply(parse_flag(digits_flag()), reason="setup")
+    first = admin_for(fresh_redis, prefix).apply(parse_flag(digits_flag()), reason="setup").revision
     fresh_redis.client().execute_command(
         "ACL",
         "SETUSER",
@@ -289,13 +299,13 @@ def test_read_only_acl_user_loads_flags_but_cannot_write(
         async with running_source(url, prefix) as (store, _):
             return revision(store)
 
-    assert asyncio.run(load()) == 1
+    assert asyncio.run(load()) == first
     reader = FlagAdmin(sync_client(url), keys=RedisKeys(prefix), url=url)
-    assert reader.get("digits").revision == 1
-    with pytest.raises(StoreUnavailableError, match="permission denied") as info:
+    assert reader.get("digits").revision == first
+    with pytest.raises(StoreAuthError, match="permission denied") as info:
         reader.apply(parse_flag(digits_flag(enabled=False)), reason="should fail")
     assert "s3cret" not in str(info.value)
-    assert admin_for(fresh_redis, prefix).get("digits").revision == 1
+    assert admin_for(fresh_redis, prefix).get("digits").revision == first
 
 
 @pytest.mark.parametrize(
@@ -341,13 +351,13 @@ def test_flagctl_apply_of_a_stale_file_is_a_conflict(
     redis_server: RedisServer, prefix: str, tmp_path: Path
 ) -> None:
     admin = admin_for(redis_server, prefix)
-    admin.apply(parse_flag(digits_flag()), reason="v1")
+    first = admin.apply(parse_flag(digits_flag()), reason="v1").revision
     admin.update("digits", lambda s: ramp(s, "candidate", 5), action="ramp", reason="v2")
     stale = tmp_path / "stale.json"
-    stale.write_text(json.dumps(digits_flag(revision=1)))
+    stale.write_text(json.dumps(digits_flag(revision=first)))
     result = flagctl("apply", str(stale), url=redis_server.url, prefix=prefix)
     assert result.returncode == 3
-    assert "you read revision 1, it is now 2" in result.stderr
+    assert f"you read revision {first}, it is now {first + 1}" in result.stderr
 
 
 def test_flagctl_verbs_with_json_output(
@@ -363,14 +373,14 @@ def test_flagctl_verbs_with_json_output(
         return json.loads(result.stdout)
 
     assert run_json("validate", str(flag_file)) == {"valid": True, "flags": ["digits"]}
-    assert run_json("apply", str(flag_file), "--reason", "launch") == [
-        {"flag": "digits", "revision": 1}
-    ]
+    [applied] = run_json("apply", str(flag_file), "--reason", "launch")
+    first = applied["revision"]
+    assert applied == {"flag": "digits", "revision": first} and first > 1 << 50  # an epoch
     assert run_json("ramp", "digits", "candidate", "50")["split"] == {
         "control": 50.0,
         "candidate": 50.0,
     }
-    assert run_json("allow", "digits", "control", "alice@example.com")["revision"] == 3
+    assert run_json("allow", "digits", "control", "alice@example.com")["revision"] == first + 2
     assert run_json("explain", "digits", "alice@example.com")["variant"] == "control"
     assert run_json("disable", "digits")["enabled"] is False
     assert run_json("enable", "digits")["enabled"] is True
@@ -378,7 +388,7 @@ def test_flagctl_verbs_with_json_output(
     assert (rolled["enabled"], rolled["split"]["candidate"]) == (False, 0.0)
     assert [r["flag"] for r in run_json("list")] == ["digits"]
     shown = run_json("show", "digits")
-    assert shown["revision"] == 6 and shown["recent_audit"][0]["reason"] == "p99 regression"
+    assert shown["revision"] == first + 5 and shown["recent_audit"][0]["reason"] == "p99 regression"
     history = run_json("audit", "digits")
     assert [h["action"] for h in history] == [
         "rollback",

@@ -29,7 +29,13 @@ EXPECTED_ISSUES = {
     "shadow_unknown_variant.json": "shadow.variant: unknown variant 'ghost'",
     "not_an_object.json": "(document): must be a JSON object",
     "negative_revision.json": "revision: Input should be greater than or equal to 0",
-    "nan_percent.json": "(document): not valid JSON (NaN is not allowed in a flag)",
+    "nan_percent.json": "allocation.coverage: must be a finite number (NaN and infinity",
+    "infinite_number.json": "allocation.coverage: must be a finite number (NaN and infinity",
+    "revision_over_int64.json": "revision: integer out of range (must be between -2^63",
+    "revision_over_limit.json": "revision: Input should be less than or equal to 9007199254740991",
+    "huge_parameter.json": "variants.control.parameters.temperature: integer out of range",
+    "deep_condition.json": "(document): nested more than 100 levels deep",
+    "conditions_too_deep.json": "rules.0.when: conditions nest more than 32 levels",
 }
 
 

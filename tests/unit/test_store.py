@@ -12,7 +12,7 @@ from support import digits_flag
 from flags import Subject, evaluate
 from flags.snapshot import Snapshot
 from flags.sources import FileFlagSource, MemoryFlagSource
-from flags.store import Change, FlagStore
+from flags.store import Change, FlagStore, SourceStatus
 
 
 def raw(**overrides: object) -> str:
@@ -147,3 +147,65 @@ def test_an_unexpected_compile_error_is_a_rejection(monkeypatch: pytest.MonkeyPa
     store.sync({"digits": raw(revision=2)}, complete=True)
     assert store.snapshot["digits"].revision == 1  # last good keeps serving
     assert "internal error compiling the flag: bug" in store.health.rejections["digits"].reason
+
+
+def test_a_flag_missing_without_tombstone_is_data_loss_kept_stale_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FlagStore()
+    store.sync({"digits": raw(revision=1), "other": raw(key="other")}, complete=True, tombstones=())
+    for _ in range(3):  # every reconcile tick sees the same loss: logged and counted once
+        changes = store.sync({"other": raw(key="other")}, complete=True, tombstones=())
+    assert changes == [] and store.snapshot["digits"].revision == 1
+    health = store.health
+    assert health.missing_flags == ("digits",) and health.data_loss_total == 1
+    assert health.stale and "digits" in (health.stale_reason or "")
+    assert health.source_status == SourceStatus.OK
+    assert sum("data loss" in r.message for r in caplog.records) == 1
+    store.sync({"digits": raw(revision=2), "other": raw(key="other")}, complete=True, tombstones=())
+    assert store.health.missing_flags == () and not store.health.stale
+    assert store.snapshot["digits"].revision == 2
+
+
+def test_an_empty_source_keeps_every_flag_unless_tombstoned() -> None:
+    store = FlagStore()
+    store.sync({"digits": raw(), "other": raw(key="other")}, complete=True, tombstones=())
+    changes = store.sync({}, complete=True, tombstones={"other"})
+    assert changes == [Change("other", 0, None)]
+    assert list(store.snapshot) == ["digits"] and store.health.missing_flags == ("digits",)
+    changes = store.sync({"digits": None}, complete=False, tombstones={"digits"})
+    assert changes == [Change("digits", 0, None)] and len(store.snapshot) == 0
+    assert store.health.missing_flags == () and not store.health.stale
+
+
+def test_auth_failure_is_reported_as_auth_not_unreachable() -> None:
+    store = FlagStore()
+    store.sync({"digits": raw()}, complete=True)
+    store.mark_stale("Redis refused the credentials (WRONGPASS)", status=SourceStatus.AUTH)
+    assert store.health.source_status == "auth" and store.health.stale
+    assert "refused the credentials" in (store.health.stale_reason or "")
+    assert "unreachable" not in (store.health.stale_reason or "")
+    store.mark_fresh()
+    assert store.health.source_status == "ok" and not store.health.stale
+
+
+def test_file_source_rejects_a_file_with_the_redis_message(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text('{"key": "digits",')
+    store = FlagStore()
+    FileFlagSource(path, store).reload()
+    rejection = store.health.rejections[str(path)]
+    assert rejection.issues[0].startswith("(document): not valid JSON")
+    assert store.health.rejected_total == 1
+
+
+def test_yaml_inf_is_rejected_like_json_1e999(tmp_path: Path) -> None:
+    doc = digits_flag()
+    doc["allocation"]["coverage"] = "INF"
+    path = tmp_path / "flags.yaml"
+    path.write_text(json.dumps(doc).replace('"INF"', ".inf"))
+    store = FlagStore()
+    FileFlagSource(path, store).reload()
+    assert store.health.rejections["digits"].issues == (
+        "allocation.coverage: must be a finite number (NaN and infinity are not allowed)",
+    )
