@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from flags.health import SourceStatus
 from flags.store import FlagStore
 from sidecar.circuit import CircuitBreaker, CircuitState
 from sidecar.latency import PROMETHEUS_BUCKETS
@@ -222,3 +223,26 @@ class _StoreCollector(Collector):
             "Flag documents rejected as invalid.",
             value=health.rejected_total,
         )
+        yield CounterMetricFamily(
+            "trafficsplit_flag_store_data_loss",
+            "Flags whose document disappeared without a `flagctl delete` (raw DEL, FLUSHALL, an "
+            "empty failover); each keeps serving its last good version.",
+            value=health.data_loss_total,
+        )
+        missing = GaugeMetricFamily(
+            "trafficsplit_flag_store_missing",
+            "1 for each flag served from its last good version because its document is missing.",
+            labels=["flag"],
+        )
+        for key in health.missing_flags:
+            missing.add_metric([key], 1)
+        yield missing
+        status = GaugeMetricFamily(
+            "trafficsplit_flag_source_status",
+            "1 for the flag source's state: ok, unreachable, or auth (credentials or ACL "
+            "permissions refused: fix the configuration; never reported as unreachable).",
+            labels=["status"],
+        )
+        for option in SourceStatus:
+            status.add_metric([str(option)], 1 if health.source_status is option else 0)
+        yield status
