@@ -118,7 +118,7 @@ class TritonBackend:
         except BackendError as exc:
             if exc.kind not in _NOT_READY_KINDS:
                 raise
-            self._note_reachable(False, str(exc))
+            self._note_reachable(False, exc.message)
             return False
         ready = bool(response.ready)
         self._note_reachable(ready, "ServerReady answered false")
