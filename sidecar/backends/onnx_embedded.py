@@ -379,10 +379,8 @@ class OnnxEmbeddedBackend:
             raise _error(ErrorKind.UNAVAILABLE, "backend not started (call start() first)")
         for key in ((name, version), (name, "")):
             if key in self._failures:
-                raise _error(
-                    ErrorKind.UNAVAILABLE,
-                    f"model {name!r} version {version!r} is not served: {self._failures[key]}",
-                )
+                what = f"model {name!r} version {version!r}" if version else f"model {name!r}"
+                raise _error(ErrorKind.UNAVAILABLE, f"{what} is not served: {self._failures[key]}")
         model = self._models.get(name)
         if model is None:
             raise _error(

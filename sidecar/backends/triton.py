@@ -15,9 +15,9 @@ inspected as well as the code.
 Recovery after an outage is the channel's job, tuned for a next-hop server rather than gRPC's
 defaults for distant services (first retry after 1 s, each wait 1.6 times the last, up to 120 s
 between attempts): reconnect attempts here are at most 0.5 s apart, so once Triton listens again
-traffic resumes within about 0.6 s. Nothing else is needed while requests flow (each one is a connection attempt
-when the channel is idle); when none do, the server's periodic ``server_ready`` probe keeps the
-channel trying, and ``server_ready`` logs when Triton goes away and when it comes back.
+traffic resumes within about 0.6 s. Nothing else is needed while requests flow (each one is a
+connection attempt when the channel is idle); when none do, the server's periodic ``server_ready``
+probe keeps the channel trying, and ``server_ready`` logs when Triton goes away and comes back.
 """
 
 from __future__ import annotations
