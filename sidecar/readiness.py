@@ -12,12 +12,11 @@ The request path only reads :meth:`is_ready` (one dict lookup).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from flags.compiled import CompiledFlag
-from sidecar.backends.base import BackendError, InferenceBackend
+from sidecar.backends.base import InferenceBackend
 
 log = logging.getLogger("sidecar.readiness")
 
@@ -72,9 +71,8 @@ class VersionReadiness:
     ) -> Mapping[str, str]:
         """Check every target (concurrently); returns the not-ready ones with their reason."""
         targets = sorted(set(targets))
-        results = await asyncio.gather(
-            *(_check(backend, model, version) for model, version in targets)
-        )
+        states = await backend.version_states(targets)
+        results = [states.get(target, "not reported by the backend") for target in targets]
         unready: dict[str, str] = {}
         for (model, version), reason in zip(targets, results, strict=True):
             key = key_of(model, version)
@@ -100,11 +98,3 @@ class VersionReadiness:
         self._known = {key_of(m, v) for m, v in targets}
         self.checked = True
         return unready
-
-
-async def _check(backend: InferenceBackend, model: str, version: str) -> str | None:
-    try:
-        ready = await backend.model_ready(model, version)
-    except BackendError as exc:
-        return f"readiness check failed: {exc}"
-    return None if ready else "not loaded (ModelReady is false)"

@@ -3,8 +3,9 @@
 That Triton build has only the python backend, so :func:`build_python_backend_repository` lays out
 a model repository whose ``digits/<v>/model.py`` runs the very same
 ``triton_models/digits/<v>/model.onnx`` files with onnxruntime on CPU. :class:`TritonServer`
-starts the server on free loopback ports, waits until it and the model are ready (checked with a
-real tritonclient call), and stops it by PID however the test ends.
+starts the server on a free loopback port, waits until it and the model are ready (checked with a
+real tritonclient call), and stops it by PID however the test ends; ``kill()`` then ``start()``
+crashes it and brings it back on the same port, as a restarted Triton pod would come back.
 
 Plain Python on purpose: usable from pytest fixtures, scripts and benchmarks alike.
 """
@@ -188,13 +189,15 @@ class TritonServer:
         install: TritonInstall | None = None,
         ready_timeout_s: float = 90.0,
         stop_timeout_s: float = 15.0,
+        grpc_port: int = 0,
     ) -> None:
+        """``grpc_port`` 0: a free port, picked at the first start and kept for restarts."""
         self.model_repository = model_repository
         self.model = model
         self.install = install or TritonInstall()
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.grpc_port = 0
+        self.grpc_port = grpc_port
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._log_path: Path | None = None
@@ -229,7 +232,7 @@ class TritonServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="triton-harness-")
         workdir = Path(self._workdir.name)
         backends = self.install.make_backend_directory(workdir / "backends")
-        self.grpc_port = free_port()
+        self.grpc_port = self.grpc_port or free_port()
         self._log_path = workdir / "tritonserver.log"
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
@@ -299,6 +302,21 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=self.stop_timeout_s)
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def kill(self) -> None:
+        """Die at once by SIGKILL to the process group, as a crashed Triton would; idempotent.
+
+        The port is kept: a later ``start()`` listens on the same one.
+        """
+        process, self._process = self._process, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if process is not None:
+            _kill_group(process)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

@@ -13,6 +13,7 @@ are translated inside the adapter that calls them, with ``raise ... from exc``.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
 from tritonclient.grpc import service_pb2 as kserve
@@ -71,6 +72,16 @@ class InferenceBackend(Protocol):
 
     async def model_ready(self, model: str, version: str) -> bool:
         """``version`` may be "" (the model's default/latest version)."""
+        ...
+
+    async def version_states(
+        self, targets: Iterable[tuple[str, str]]
+    ) -> Mapping[tuple[str, str], str | None]:
+        """For each ``(model, version)`` target: None if it is ready to serve, else why not.
+
+        For readiness detail (health, metrics, logs): the server asks about every version a flag
+        can route to. Never raises; an unreachable engine is a reason like any other.
+        """
         ...
 
     async def model_metadata(self, model: str, version: str) -> kserve.ModelMetadataResponse: ...

@@ -83,8 +83,13 @@ def unsupported_reason(config: Any) -> str | None:
 
 
 def resolve_versions(config: Any, model_dir: Path) -> list[int]:
-    """The versions to load, per ``version_policy`` (Triton's default: the latest one)."""
-    filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
+    """The versions to load, per ``version_policy`` (Triton's default: the latest one).
+
+    A ``specific`` policy returns every version it lists, present on disk or not: a listed version
+    without its model file is one the loader reports as failed, as Triton does, rather than a
+    reason to refuse the whole model.
+    """
+    filename = model_filename(config)
     on_disk = sorted(
         int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / filename).is_file()
     )
@@ -93,11 +98,11 @@ def resolve_versions(config: Any, model_dir: Path) -> list[int]:
     if which == "all":
         return on_disk
     if which == "specific":
-        missing = sorted(set(policy.specific.versions) - set(on_disk))
-        if missing:
-            raise ValueError(
-                f"version_policy lists {missing} but no {missing[0]}/{filename} exists"
-            )
         return sorted(set(policy.specific.versions))
     count = policy.latest.num_versions if which == "latest" else 1
     return on_disk[-count:] if count > 0 else []
+
+
+def model_filename(config: Any) -> str:
+    """The file each ``<version>/`` folder holds: ``default_model_filename`` or model.onnx."""
+    return str(config.default_model_filename or DEFAULT_MODEL_FILENAME)

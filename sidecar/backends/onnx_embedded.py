@@ -2,7 +2,11 @@
 
 It reads the same ``<model>/config.pbtxt`` and ``<model>/<version>/model.onnx`` files that Triton
 serves, resolves versions with the config's ``version_policy`` and opens one
-``onnxruntime.InferenceSession`` per version, asking for TensorRT, then CUDA, then CPU. Requests are
+``onnxruntime.InferenceSession`` per version, asking for TensorRT, then CUDA, then CPU. A version
+whose file is missing, corrupt or refused by onnxruntime degrades instead of stopping everything:
+it is logged once with the reason, listed in ``load_failures``, not ready, and a request for it
+fails with a fallback-eligible UNAVAILABLE naming the file, while every other version serves.
+Start fails only when nothing at all could be loaded. Requests are
 validated against the config before anything runs, so a caller's mistake is an INVALID_ARGUMENT
 that says what to fix rather than an onnxruntime stack trace. Sessions run in a thread pool; with
 ``max_batch_delay_s > 0`` concurrent requests for one version are concatenated into one run.
@@ -17,10 +21,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -30,11 +35,11 @@ from tritonclient.grpc import service_pb2 as kserve
 from sidecar.backends.base import BackendError, ErrorKind
 from sidecar.backends.batching import _Batcher
 from sidecar.backends.model_repository import (
-    DEFAULT_MODEL_FILENAME,
     DTYPES,
     ENGINE,
     Tensors,
     load_model_config,
+    model_filename,
     resolve_versions,
     unsupported_reason,
 )
@@ -98,6 +103,10 @@ class _Version:
         except Exception as exc:  # onnxruntime raises several unrelated exception types
             raise _error(ErrorKind.INTERNAL, f"onnxruntime failed: {exc}") from exc
         return dict(zip(self.output_names, arrays, strict=True))
+
+
+# A version that could not be loaded, keyed (model, version); version "" = the whole model.
+Failures = dict[tuple[str, str], str]
 
 
 @dataclass
@@ -169,66 +178,106 @@ class OnnxEmbeddedBackend:
         self._providers = list(providers) if providers is not None else None
         self._max_batch_delay_s = max_batch_delay_s
         self._models: dict[str, _Model] = {}
+        self._failures: Failures = {}
         self._executor: ThreadPoolExecutor | None = None
 
     @property
     def name(self) -> str:
         return ENGINE
 
+    @property
+    def load_failures(self) -> Mapping[tuple[str, str], str]:
+        """``(model, version) -> reason`` for what could not be loaded at start (version "": the
+        whole model, e.g. an unreadable config). Read-only; empty when everything loaded."""
+        return MappingProxyType(self._failures)
+
     async def start(self) -> None:
-        """Load every ONNX model in the repository; UNAVAILABLE if any of them cannot be loaded."""
+        """Load every ONNX model in the repository.
+
+        A version or model that cannot be loaded is logged, recorded in ``load_failures`` and
+        left out; UNAVAILABLE only when the repository is missing or nothing could be loaded.
+        """
         executor = ThreadPoolExecutor(
             max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="onnx"
         )
         try:
-            models = await asyncio.get_running_loop().run_in_executor(
+            models, failures = await asyncio.get_running_loop().run_in_executor(
                 executor, self._load_repository, executor
             )
         except BackendError:
             executor.shutdown(wait=False)
             raise
-        self._models, self._executor = models, executor
+        self._models, self._failures, self._executor = models, failures, executor
 
-    def _load_repository(self, executor: ThreadPoolExecutor) -> dict[str, _Model]:
+    def _load_repository(self, executor: ThreadPoolExecutor) -> tuple[dict[str, _Model], Failures]:
         if not self._repository.is_dir():
             raise _error(ErrorKind.UNAVAILABLE, f"model repository {self._repository} not found")
         providers = self._providers or preferred_providers()
         models: dict[str, _Model] = {}
+        failures: Failures = {}
         for model_dir in sorted(p for p in self._repository.iterdir() if p.is_dir()):
             if not (model_dir / "config.pbtxt").is_file():
                 continue
             try:
-                model = self._load_model(model_dir, providers, executor)
-            except Exception as exc:  # onnxruntime's load errors derive from Exception only
-                raise _error(
-                    ErrorKind.UNAVAILABLE, f"cannot load model {model_dir.name!r}: {exc}"
-                ) from exc
+                model = self._load_model(model_dir, providers, executor, failures)
+            except Exception as exc:  # config.pbtxt unreadable or inconsistent
+                failures[(model_dir.name, "")] = f"cannot load model {model_dir.name!r}: {exc}"
+                continue
             if model is not None:
                 models[model_dir.name] = model
-        return models
+        for (model_name, version), reason in sorted(failures.items()):
+            # Logged here, once: readiness checks and requests only look the reason up.
+            logger.error(
+                "not serving model %r%s: %s",
+                model_name,
+                f" version {version}" if version else "",
+                reason,
+            )
+        if not models:
+            raise _error(ErrorKind.UNAVAILABLE, _nothing_loaded(self._repository, failures))
+        return models, failures
 
     def _load_model(
-        self, model_dir: Path, providers: Sequence[str], executor: ThreadPoolExecutor
+        self,
+        model_dir: Path,
+        providers: Sequence[str],
+        executor: ThreadPoolExecutor,
+        failures: Failures,
     ) -> _Model | None:
+        """The model with every version that loaded; each one that did not goes to ``failures``."""
         config = load_model_config(model_dir)
         reason = unsupported_reason(config)
-        if reason is not None:
-            logger.warning("skipping model %r: %s", config.name, reason)
+        if reason is not None:  # e.g. a python-backend model beside the ONNX ones
+            failures[(config.name, "")] = f"this engine cannot serve it: {reason}"
             return None
-        filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
-        output_names = [t.name for t in config.output]
+        numbers = resolve_versions(config, model_dir)
+        if not numbers:
+            failures[(config.name, "")] = (
+                f"version_policy selects no version: no <version>/{model_filename(config)} "
+                f"in {model_dir}"
+            )
+            return None
         versions: dict[int, _Version] = {}
-        for number in resolve_versions(config, model_dir):
-            session = open_session(model_dir / str(number) / filename, providers)
-            versions[number] = _Version(session, output_names, None)
-            versions[number].inline = runs_inline(config, versions[number])
-            if self._max_batch_delay_s > 0 and batchable(config):
-                versions[number].batcher = _Batcher(
-                    versions[number].run, executor, config.max_batch_size, self._max_batch_delay_s
-                )
-        if not versions:
-            raise ValueError("version_policy selects no version")
-        return _Model(config, versions)
+        for number in numbers:
+            path = model_dir / str(number) / model_filename(config)
+            try:
+                versions[number] = self._load_version(config, path, providers, executor)
+            except Exception as exc:  # onnxruntime's load errors derive from Exception only
+                failures[(config.name, str(number))] = _load_failure(path, exc)
+        return _Model(config, versions) if versions else None
+
+    def _load_version(
+        self, config: Any, path: Path, providers: Sequence[str], executor: ThreadPoolExecutor
+    ) -> _Version:
+        if not path.is_file():
+            raise FileNotFoundError("the file does not exist")
+        version = _Version(open_session(path, providers), [t.name for t in config.output], None)
+        version.inline = runs_inline(config, version)
+        if self._max_batch_delay_s > 0 and batchable(config):
+            version.batcher = _Batcher(
+                version.run, executor, config.max_batch_size, self._max_batch_delay_s
+            )
+        return version
 
     async def close(self) -> None:
         models, self._models = self._models, {}
@@ -244,15 +293,23 @@ class OnnxEmbeddedBackend:
         return self._executor is not None
 
     async def model_ready(self, model: str, version: str) -> bool:
+        return self._unavailable_reason(model, version) is None
+
+    async def version_states(
+        self, targets: Iterable[tuple[str, str]]
+    ) -> Mapping[tuple[str, str], str | None]:
+        """None for a loaded version, else the message a request for it would fail with."""
+        return {(m, v): self._unavailable_reason(m, v) for m, v in targets}
+
+    def _unavailable_reason(self, model: str, version: str) -> str | None:
         try:
-            self._model(model, version).version(version)
-        except BackendError:
-            return False
-        return True
+            self._resolve(model, version)
+        except BackendError as exc:
+            return exc.message
+        return None
 
     async def model_metadata(self, model: str, version: str) -> kserve.ModelMetadataResponse:
-        entry = self._model(model, version)
-        entry.version(version)  # NOT_FOUND for a version that is not loaded
+        entry, _, _ = self._resolve(model, version)  # fails for a version that is not loaded
         config = entry.config
 
         def tensors(declared: Sequence[Any]) -> list[Any]:
@@ -274,8 +331,7 @@ class OnnxEmbeddedBackend:
         )
 
     async def model_config(self, model: str, version: str) -> kserve.ModelConfigResponse:
-        entry = self._model(model, version)
-        entry.version(version)
+        entry, _, _ = self._resolve(model, version)
         response = kserve.ModelConfigResponse()
         response.config.CopyFrom(entry.config)
         return response
@@ -287,8 +343,7 @@ class OnnxEmbeddedBackend:
         timeout: float | None,
         metadata: tuple[tuple[str, str], ...] = (),  # unused: nothing remote to propagate it to
     ) -> kserve.ModelInferResponse:
-        model = self._model(request.model_name, request.model_version)
-        number, version = model.version(request.model_version)
+        model, number, version = self._resolve(request.model_name, request.model_version)
         feeds = decode_inputs(model.config, request)
         names = requested_outputs(model.config, request)
         if timeout is not None and timeout <= 0:
@@ -314,9 +369,18 @@ class OnnxEmbeddedBackend:
             return version.run(feeds)
         return await asyncio.get_running_loop().run_in_executor(self._executor, version.run, feeds)
 
-    def _model(self, name: str, version: str) -> _Model:
+    def _resolve(self, name: str, version: str) -> tuple[_Model, int, _Version]:
+        """The loaded version to run, or the BackendError a request for it gets.
+
+        A version that failed to load is UNAVAILABLE (fallback-eligible) with the load failure's
+        reason; one that was never configured is NOT_FOUND.
+        """
         if self._executor is None:
             raise _error(ErrorKind.UNAVAILABLE, "backend not started (call start() first)")
+        for key in ((name, version), (name, "")):
+            if key in self._failures:
+                what = f"model {name!r} version {version!r}" if version else f"model {name!r}"
+                raise _error(ErrorKind.UNAVAILABLE, f"{what} is not served: {self._failures[key]}")
         model = self._models.get(name)
         if model is None:
             raise _error(
@@ -324,4 +388,23 @@ class OnnxEmbeddedBackend:
                 f"unknown model {name!r} (version {version!r}); "
                 f"available models: {sorted(self._models)}",
             )
-        return model
+        number, loaded = model.version(version)
+        return model, number, loaded
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """One line naming the file and onnxruntime's reason (its messages span several lines)."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return f"cannot load {path}: {reason}"
+
+
+def _nothing_loaded(repository: Path, failures: Failures) -> str:
+    if not failures:
+        return (
+            f"no model found in {repository} (expected <model>/config.pbtxt and <version>/ files)"
+        )
+    listed = "; ".join(
+        f"{model}{' version ' + version if version else ''}: {reason}"
+        for (model, version), reason in sorted(failures.items())
+    )
+    return f"no model in {repository} could be loaded: {listed}"

@@ -11,12 +11,21 @@ Every ``grpc.aio.AioRpcError`` is translated into a :class:`BackendError` here a
 Triton reports an unknown model or a version that is not loaded with several status codes
 (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, depending on release and call), so the message text is
 inspected as well as the code.
+
+Recovery after an outage is the channel's job, tuned for a next-hop server rather than gRPC's
+defaults for distant services (first retry after 1 s, each wait 1.6 times the last, up to 120 s
+between attempts): reconnect attempts here are at most 0.5 s apart, so once Triton listens again
+traffic resumes within about 0.6 s. Nothing else is needed while requests flow (each one is a
+connection attempt when the channel is idle); when none do, the server's periodic ``server_ready``
+probe keeps the channel trying, and ``server_ready`` logs when Triton goes away and comes back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]  # no stubs in the dev deps yet
@@ -38,6 +47,13 @@ _NOT_FOUND_TEXT = re.compile(
 # INTERNAL): the sender's bytes are at fault, not the model, so it must not count against a version.
 _UNPARSABLE_TEXT = re.compile(
     r"unable to parse (?:the )?request|failed to parse (?:the )?request", re.I
+)
+# gRPC channel arguments: reconnect quickly (see the module docstring). The connect timeout
+# ("min_reconnect_backoff") stays a full second so a slow handshake is not cut off mid-way.
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 1000),
 )
 # Readiness probes answer "no" instead of raising when these are the reason.
 _NOT_READY_KINDS = frozenset(
@@ -63,6 +79,7 @@ class TritonBackend:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._infer_raw: Any = None
+        self._reachable: bool | None = None  # last server_ready answer, for transition logs
 
     @property
     def name(self) -> str:
@@ -83,6 +100,7 @@ class TritonBackend:
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
+                *RECONNECT_OPTIONS,
             ],
         )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
@@ -95,27 +113,77 @@ class TritonBackend:
             await channel.close()
 
     async def server_ready(self) -> bool:
-        """False, not an error, when Triton is unreachable or not ready."""
+        """False, not an error, when Triton is unreachable or not ready.
+
+        Called periodically by the server, it is also the active probe that keeps the channel
+        reconnecting while no requests flow. Logs once per change, not once per probe.
+        """
         try:
             response = await self._call("ServerReady", kserve.ServerReadyRequest(), what="server")
         except BackendError as exc:
             if exc.kind not in _NOT_READY_KINDS:
                 raise
-            logger.debug("Triton at %s not ready: %s", self._url, exc)
+            self._note_reachable(False, exc.message)
             return False
-        return bool(response.ready)
+        ready = bool(response.ready)
+        self._note_reachable(ready, "ServerReady answered false")
+        return ready
+
+    def _note_reachable(self, ready: bool, why: str) -> None:
+        if ready != self._reachable:
+            if ready:
+                logger.info("Triton at %s is ready", self._url)
+            else:
+                logger.warning("Triton at %s is not ready: %s", self._url, why)
+        self._reachable = ready
 
     async def model_ready(self, model: str, version: str) -> bool:
         """False, not an error, for a model or version that is unknown, loading or unreachable."""
-        request = kserve.ModelReadyRequest(name=model, version=version)
         try:
-            response = await self._call("ModelReady", request, what=_describe(model, version))
+            return await self._model_ready(model, version)
         except BackendError as exc:
             if exc.kind not in _NOT_READY_KINDS:
                 raise
             logger.debug("%s not ready on Triton at %s: %s", model, self._url, exc)
             return False
+
+    async def version_states(
+        self, targets: Iterable[tuple[str, str]]
+    ) -> Mapping[tuple[str, str], str | None]:
+        """``ModelReady`` for every target at once; for those not ready, Triton's own reason from
+        one ``RepositoryIndex`` call when it has one (e.g. the load error of a broken version)."""
+        wanted = list(dict.fromkeys(targets))
+        answers = await asyncio.gather(*(self._version_state(m, v) for m, v in wanted))
+        states = dict(zip(wanted, answers, strict=True))
+        not_ready = [t for t, reason in states.items() if reason == _NOT_READY_ANSWER]
+        if not_ready:
+            index = await self._repository_index()
+            for model, version in not_ready:
+                states[model, version] = _index_reason(index, model, version, url=self._url)
+        return states
+
+    async def _version_state(self, model: str, version: str) -> str | None:
+        try:
+            ready = await self._model_ready(model, version)
+        except BackendError as exc:  # whatever the kind: a reason, never an exception
+            return exc.message
+        return None if ready else _NOT_READY_ANSWER
+
+    async def _model_ready(self, model: str, version: str) -> bool:
+        request = kserve.ModelReadyRequest(name=model, version=version)
+        response = await self._call("ModelReady", request, what=_describe(model, version))
         return bool(response.ready)
+
+    async def _repository_index(self) -> dict[tuple[str, str], tuple[str, str]] | None:
+        """``(model, version) -> (state, reason)`` from Triton, or None if it cannot say."""
+        try:
+            index = await self._call(
+                "RepositoryIndex", kserve.RepositoryIndexRequest(), what="the repository index"
+            )
+        except BackendError as exc:
+            logger.debug("no repository index from Triton at %s: %s", self._url, exc)
+            return None
+        return {(m.name, m.version): (m.state, m.reason) for m in index.models}
 
     async def model_metadata(self, model: str, version: str) -> kserve.ModelMetadataResponse:
         request = kserve.ModelMetadataRequest(name=model, version=version)
@@ -180,6 +248,29 @@ class TritonBackend:
             return await getattr(self._stub, method)(request, timeout=deadline, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise translate_error(exc, url=self._url, what=what, timeout=deadline) from exc
+
+
+_NOT_READY_ANSWER = "ModelReady answered false"
+
+
+def _index_reason(
+    index: Mapping[tuple[str, str], tuple[str, str]] | None, model: str, version: str, *, url: str
+) -> str:
+    """Why Triton does not serve ``model``/``version``, in its repository index's words."""
+    what = _describe(model, version)
+    base = f"{what} is not ready on Triton at {url}"
+    if index is None:
+        return base
+    entry = index.get((model, version))
+    if entry is not None:
+        state, reason = entry
+        return f"{base}: {state or 'state unknown'}{': ' + reason if reason else ''}"
+    listed = sorted(v for m, v in index if m == model and v)
+    if listed:
+        return f"{base}: its repository has versions {listed} of {model!r}"
+    if any(m == model for m, _ in index):
+        return f"{base}: the model is in its repository but not loaded"
+    return f"{base}: no model {model!r} in its repository"
 
 
 def _describe(model: str, version: str) -> str:

@@ -374,15 +374,6 @@ def test_version_policy_decides_what_is_loaded(
     assert list(with_backend(scenario, repo).versions) == expected
 
 
-def test_policy_naming_a_missing_version_fails_start(tmp_path: Path) -> None:
-    policy = "version_policy: { specific: { versions: [1, 3] } }"
-    repo = _copy_repo(tmp_path, CPU_CONFIG % {"policy": policy, "dims": "64"})
-    with pytest.raises(BackendError) as caught:
-        asyncio.run(OnnxEmbeddedBackend(repo, providers=CPU).start())
-    assert caught.value.kind is ErrorKind.UNAVAILABLE
-    assert "[3]" in caught.value.message
-
-
 def test_onnxruntime_failure_is_internal(tmp_path: Path) -> None:
     # The config promises 32 pixels, the graph wants 64: validation passes, onnxruntime fails.
     repo = _copy_repo(tmp_path, CPU_CONFIG % {"policy": "", "dims": "32"})

@@ -170,8 +170,8 @@ def test_version_not_ready_is_skipped() -> None:
     class Unready:
         name = "fake"
 
-        async def model_ready(self, model: str, version: str) -> bool:
-            return version != "2"
+        async def version_states(self, targets: Any) -> dict[Any, str | None]:
+            return {(m, v): "not loaded" if v == "2" else None for m, v in targets}
 
     asyncio.run(readiness.refresh(Unready(), [("digits", "1"), ("digits", "2")]))  # type: ignore[arg-type]
     backend = ScriptedBackend()
