@@ -5,7 +5,7 @@ the experiment's groups are never mixed with pinned golden-set runs or users out
 and ``outcome`` (served, fallback_<cause>, failed): fallback is an outcome, not a membership.
 Failed requests are timed too. Attempt series are keyed by the (backend, model, version) that
 was *attempted*, so a candidate's failures count against the candidate even when the default
-variant answered. Durations use one bucket scheme (:mod:`sidecar.latency`).
+variant answered. Durations use one bucket scheme (:mod:`signals.latency`).
 
 Counters are aggregated in memory by prometheus_client (a few hundred ns per update, no I/O) by
 the :class:`MetricsObserver`; circuit, readiness and flag-store state are read at scrape time by
@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector
 from flags.health import SourceStatus
 from flags.store import FlagStore
 from sidecar.circuit import CircuitBreaker, CircuitState
-from sidecar.latency import PROMETHEUS_BUCKETS
 from sidecar.observers import Exchange, Observer
 from sidecar.outcome import RequestOutcome
+from signals.latency import PROMETHEUS_BUCKETS
 
 
 class SidecarMetrics:

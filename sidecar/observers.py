@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from flags import Subject
 from sidecar.outcome import Assignment, Attempt, RequestOutcome
@@ -31,8 +32,8 @@ class Exchange:
     """One request in flight, as observers see it. ``span`` and ``attempt_span`` carry the
     tracing observer's spans between its hooks; other observers may ignore them."""
 
-    __slots__ = ("assignment", "attempt_span", "metadata", "model", "rpc", "span", "started",
-                 "subject")  # fmt: skip
+    __slots__ = ("assignment", "attempt_span", "call", "metadata", "model", "response", "rpc",
+                 "span", "started", "subject")  # fmt: skip
 
     def __init__(
         self,
@@ -48,6 +49,8 @@ class Exchange:
         self.metadata = metadata
         self.started = started
         self.assignment: Assignment | None = None  # set once planned
+        self.call: Any = None  # the BackendCall (sidecar.calls), for observers that resend it
+        self.response: Any = None  # the reply that answered the caller, once settled OK
         self.span: object | None = None
         self.attempt_span: object | None = None
 

@@ -133,6 +133,7 @@ class Router:
             self._observer.on_rejected(exchange, exc)
             raise
         exchange.assignment = Assignment.planned(plan)
+        exchange.call = call
         self._observer.on_request(exchange)
         self._budget.record_request()
         attempts: list[Attempt] = []
@@ -144,6 +145,7 @@ class Router:
             raise
         finally:
             self._in_flight -= 1
+        exchange.response = routed.response
         self._settle(exchange, routed.assignment, attempts, None)
         return routed
 

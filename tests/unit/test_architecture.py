@@ -31,5 +31,20 @@ def test_flags_never_imports_serving_code() -> None:
     assert not offenders, offenders
 
 
+def test_signals_never_import_serving_code_and_flags_never_import_signals() -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "signals").rglob("*.py")
+        for name in imported_modules(path)
+        if name.split(".")[0] in FORBIDDEN_IN_FLAGS
+    } | {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "flags").rglob("*.py")
+        for name in imported_modules(path)
+        if name.split(".")[0] == "signals"
+    }
+    assert not offenders, offenders
+
+
 def test_the_check_sees_imports() -> None:
     assert "sidecar.routing" in imported_modules(ROOT / "sidecar" / "kserve_facade.py")
