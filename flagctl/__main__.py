@@ -1,0 +1,3 @@
+from flagctl import main
+
+main()
