@@ -31,6 +31,7 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"users": 100_000, "rounds": 2, "growthbook_users": 20_000},
     ),
     "hop": ("bench.hop", {"rounds": 5}, {"rounds": 2, "quick": True}),
+    "handler": ("bench.handler", {"rounds": 5}, {"rounds": 2, "requests": 5_000}),
     "latency": ("bench.latency", {"rounds": 5}, {"rounds": 2, "requests": 500}),
     "propagation": (
         "bench.propagation",
