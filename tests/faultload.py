@@ -73,6 +73,9 @@ class Tally:
     def first_ok_after(self, moment: float) -> float | None:
         return next((t for t in self.ok_times if t >= moment), None)
 
+    def failures_after(self, moment: float) -> int:
+        return sum(t >= moment for t in self.failure_times)
+
     def cohort_changes(self) -> dict[str, set[str]]:
         """Users who were served more than one cohort (a sticky split has none)."""
         return {user: seen for user, seen in self.variants.items() if len(seen) > 1}
@@ -115,14 +118,17 @@ class HealthGate:
 
 
 class LoadLoop:
-    """Sequential requests for ``users`` users, round robin, until stopped (or ``max_requests``)."""
+    """Sequential requests for ``users`` users, round robin, until stopped (or ``max_requests``).
+
+    ``deadline_s=None`` sends no deadline, so only the sidecar's own deadline bounds a call.
+    """
 
     def __init__(
         self,
         address: str,
         *,
         users: int = 40,
-        deadline_s: float = 2.0,
+        deadline_s: float | None = 2.0,
         pause_s: float = 0.005,
         max_requests: int = 5000,
         gate: HealthGate | None = None,
@@ -144,7 +150,8 @@ class LoadLoop:
 
     def stop(self) -> Tally:
         self._stop.set()
-        self._thread.join(self.deadline_s + 5)
+        # With no client deadline the sidecar's own (--default-timeout-s) must end every call.
+        self._thread.join((self.deadline_s or 10.0) + 5)
         assert not self._thread.is_alive(), "load loop did not stop: a request hung"
         return self.snapshot()
 

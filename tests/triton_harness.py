@@ -173,13 +173,16 @@ class TritonServer:
         install: TritonInstall | None = None,
         ready_timeout_s: float = 90.0,
         stop_timeout_s: float = 15.0,
+        grpc_port: int = 0,
     ) -> None:
+        """``grpc_port``: listen there (a restart on the same address); 0 picks a free port."""
         self.model_repository = model_repository
         self.model = model
         self.install = install or TritonInstall()
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s
-        self.grpc_port = 0
+        self.requested_port = grpc_port
+        self.grpc_port = grpc_port
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._log_path: Path | None = None
@@ -214,7 +217,7 @@ class TritonServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="triton-harness-")
         workdir = Path(self._workdir.name)
         backends = self.install.make_backend_directory(workdir / "backends")
-        self.grpc_port = free_port()
+        self.grpc_port = self.requested_port or free_port()
         self._log_path = workdir / "tritonserver.log"
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
@@ -270,6 +273,13 @@ class TritonServer:
         if self._log_path is None or not self._log_path.exists():
             return "(no log)"
         return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """Die without a goodbye (SIGKILL to the process group), as a crashed Triton would.
+        ``start()`` brings it back, on the same port when one was given at construction."""
+        if self._process is not None:
+            _kill_group(self._process)
+        self.stop()
 
     def stop(self) -> None:
         """Terminate, wait, then kill the process group; idempotent."""

@@ -60,10 +60,34 @@ class Drill:
         return self.log_path.read_text(errors="replace")
 
 
+SIDECAR_ARGS = ("--metrics-listen", "127.0.0.1:0", "--drain-delay-s", "0", "--grace-s", "1")
+
+
 @pytest.fixture
-def drill(tmp_path: Path) -> Iterator[Callable[..., Drill]]:
+def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """``start_sidecar(*args)``: a real sidecar process (metrics on, quick shutdown; later
+    arguments override these), its stderr in ``tmp_path/sidecar-<n>.log``; stopped at the end."""
+    started: list[SidecarProcess] = []
+
+    def start(*args: str) -> SidecarProcess:
+        log_path = tmp_path / f"sidecar-{len(started)}.log"
+        sidecar = SidecarProcess([*SIDECAR_ARGS, *args], stderr_path=log_path)
+        started.append(sidecar)
+        return sidecar.start()
+
+    try:
+        yield start
+    finally:
+        for sidecar in started:
+            sidecar.stop()
+
+
+@pytest.fixture
+def drill(
+    tmp_path: Path, start_sidecar: Callable[..., SidecarProcess]
+) -> Iterator[Callable[..., Drill]]:
     """``drill(*sidecar_args)``: Redis (flag applied) → proxy → sidecar; all stopped at the end."""
-    stack: list[Any] = []
+    stack: list[RedisServer | FaultProxy] = []
 
     def start(*args: str) -> Drill:
         redis = RedisServer(tmp_path / "redis").start()
@@ -73,23 +97,9 @@ def drill(tmp_path: Path) -> Iterator[Callable[..., Drill]]:
         FlagAdmin(sync_client(redis.url), keys=RedisKeys(), actor="fault-drill").apply(
             parse_flag(base_flag()), reason="fault drill setup"
         )
-        log_path = tmp_path / "sidecar.log"
-        sidecar = SidecarProcess(
-            [
-                "--redis-url",
-                f"redis://{proxy.address}/0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--drain-delay-s",
-                "0",
-                "--grace-s",
-                "1",
-                *args,
-            ],
-            stderr_path=log_path,
-        ).start()
-        stack.append(sidecar)
-        return Drill(sidecar, redis, proxy, log_path)
+        sidecar = start_sidecar("--redis-url", f"redis://{proxy.address}/0", *args)
+        assert sidecar.stderr_path is not None
+        return Drill(sidecar, redis, proxy, sidecar.stderr_path)
 
     try:
         yield start
