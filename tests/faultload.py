@@ -150,6 +150,8 @@ class LoadLoop:
 
     def stop(self) -> Tally:
         self._stop.set()
+        if self._thread.ident is None:  # never started
+            return self.snapshot()
         # With no client deadline the sidecar's own (--default-timeout-s) must end every call.
         self._thread.join((self.deadline_s or 10.0) + 5)
         assert not self._thread.is_alive(), "load loop did not stop: a request hung"
