@@ -20,6 +20,7 @@ however the test ends. Same-host only, like the rest of the harness (``tests/ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import socket
 import struct
@@ -49,10 +50,8 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     """Close so the peer sees ECONNRESET, not a clean FIN: SO_LINGER with a zero timeout."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):  # already closed by the peer: nothing to reset
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass  # already closed by the peer: nothing to reset
     writer.transport.abort()
 
 
@@ -207,7 +206,5 @@ class FaultProxy:
             pass
         finally:
             if writer.can_write_eof() and not writer.is_closing():
-                try:
+                with contextlib.suppress(OSError):
                     writer.write_eof()  # half-close: pass the peer's FIN on
-                except OSError:
-                    pass

@@ -20,9 +20,24 @@ MAX_DEPTH = 3
 MAX_REPEATED = 3
 # Names that mean something to the sidecar: the model, its versions, tensor names and types,
 # service names. Mixed with arbitrary text.
-KNOWN_WORDS = ("", "digits", "1", "2", "0", "pixels", "label", "probabilities", "FP32", "INT64",
-               "BYTES", "control", "candidate", "user-1", "inference.GRPCInferenceService",
-               "trafficsplit.v1.TrafficSplit")  # fmt: skip
+KNOWN_WORDS = (
+    "",
+    "digits",
+    "1",
+    "2",
+    "0",
+    "pixels",
+    "label",
+    "probabilities",
+    "FP32",
+    "INT64",
+    "BYTES",
+    "control",
+    "candidate",
+    "user-1",
+    "inference.GRPCInferenceService",
+    "trafficsplit.v1.TrafficSplit",
+)
 C = FieldDescriptor
 
 _INT_RANGES = {
@@ -35,8 +50,7 @@ _INT_RANGES = {
 
 def _small_or_any(low: int, high: int) -> st.SearchStrategy[int]:
     """Mostly small numbers (shapes, indexes, versions), sometimes the extremes."""
-    return st.one_of(st.integers(-2, 70).filter(lambda n: low <= n <= high),
-                     st.integers(low, high))  # fmt: skip
+    return st.one_of(st.integers(-2, 70).filter(lambda n: low <= n <= high), st.integers(low, high))
 
 
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
@@ -95,8 +109,9 @@ def _field_strategy(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any
     if _is_map(field):
         entry = field.message_type
         key = _scalar(entry.fields_by_name["key"])
-        return st.lists(st.tuples(key, _value(entry.fields_by_name["value"], depth)),
-                        max_size=MAX_REPEATED)  # fmt: skip
+        return st.lists(
+            st.tuples(key, _value(entry.fields_by_name["value"], depth)), max_size=MAX_REPEATED
+        )
     if field.is_repeated:
         return st.lists(_value(field, depth), max_size=MAX_REPEATED)
     return _value(field, depth)

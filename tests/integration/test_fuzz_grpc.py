@@ -13,7 +13,7 @@ checked at the end.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -44,8 +44,14 @@ SEEDS: dict[str, bytes] = {
     "Infer": pb.InferRequest(
         subject=pb.Subject(id="user-1", attributes={"tier": "pro"}),
         model="digits",
-        inputs=[pb.Tensor(name="pixels", datatype="FP32", shape=[1, 64],
-                          data=PIXELS_REQUEST.raw_input_contents[0])],  # fmt: skip
+        inputs=[
+            pb.Tensor(
+                name="pixels",
+                datatype="FP32",
+                shape=[1, 64],
+                data=PIXELS_REQUEST.raw_input_contents[0],
+            )
+        ],
     ).SerializeToString(),
     "Assign": pb.AssignRequest(subject=pb.Subject(id="user-1"), model="digits").SerializeToString(),
     "ModelMetadata": kserve.ModelMetadataRequest(name="digits").SerializeToString(),
@@ -103,8 +109,13 @@ def test_unary_method_survives_fuzzing(
     call = channel.unary_unary(_path(method))
     seed = SEEDS.get(method.name, b"")
 
-    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=100,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(payload=wire_payloads(method.input_type, seed), headers=metadata)
     def fuzz(payload: bytes, headers: tuple[tuple[str, str], ...]) -> None:
         try:
@@ -125,17 +136,21 @@ def test_streaming_method_survives_fuzzing(
     """Streams: the first answer (or the error) is deliberate; a stream that stays open waiting
     for more (health Watch does) is fine."""
     path = _path(method)
-    if method.client_streaming:
-        call = channel.stream_stream(path)
-    else:
-        call = channel.unary_stream(path)  # type: ignore[assignment]
+    call: Any = (
+        channel.stream_stream(path) if method.client_streaming else channel.unary_stream(path)
+    )
 
-    @settings(max_examples=30, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=30,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(payload=wire_payloads(method.input_type, SEEDS.get(method.name, b"")))
     def fuzz(payload: bytes) -> None:
         body = iter([payload]) if method.client_streaming else payload
-        responses = call(body, timeout=1.0, metadata=(("x-user-id", "user-1"),))  # type: ignore[arg-type]
+        responses = call(body, timeout=1.0, metadata=(("x-user-id", "user-1"),))
         try:
             next(iter(responses), None)
         except grpc.RpcError as exc:

@@ -72,7 +72,9 @@ def test_overload_is_shed_with_resource_exhausted_and_nothing_else(
         after = stub.ModelInfer(digits_request(), timeout=10, metadata=(("x-user-id", "after"),))
     finally:
         channel.close()
-    shed = metric(sidecar.metrics_url, "trafficsplit_grpc_errors_total", status="RESOURCE_EXHAUSTED")
+    shed = metric(
+        sidecar.metrics_url, "trafficsplit_grpc_errors_total", status="RESOURCE_EXHAUSTED"
+    )
     fault_metric("overload.requests", sum(seen.values()))
     fault_metric("overload.ok", seen["OK"])
     fault_metric("overload.resource_exhausted", seen["RESOURCE_EXHAUSTED"])
@@ -97,8 +99,11 @@ def test_sigterm_under_load_fails_nothing_and_drains(
         wait_until(gate.serving.is_set, timeout=10, what="health SERVING")
         for loop in loops:
             loop.start()
-        wait_until(lambda: all(lp.snapshot().statuses["OK"] >= 20 for lp in loops), timeout=10,
-                   what="warm load")  # fmt: skip
+        wait_until(
+            lambda: all(lp.snapshot().statuses["OK"] >= 20 for lp in loops),
+            timeout=10,
+            what="warm load",
+        )
         terminated = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         try:
@@ -111,7 +116,7 @@ def test_sigterm_under_load_fails_nothing_and_drains(
         gate.stop()
     # Answers while the listener was still open (a small margin before it closes).
     drain = [a for t, a in gate.answers if terminated < t < terminated + DRAIN_DELAY_S - 0.2]
-    after_flip = drain[next((i for i, a in enumerate(drain) if a == "NOT_SERVING"), len(drain)):]
+    after_flip = drain[next((i for i, a in enumerate(drain) if a == "NOT_SERVING"), len(drain)) :]
     failed = sum(t.failed for t in tallies)
     fault_metric("sigterm.requests", sum(t.sent for t in tallies))
     fault_metric("sigterm.failed", failed)

@@ -78,12 +78,17 @@ def test_redis_fault_keeps_cohorts_and_fails_nothing(
             stale_s = wait_for_metric(d.metrics_url, STALE, 1, timeout=STALE_BOUND_S.get(name, 5))
             fault_metric(f"redis_{name}.stale_after_s", stale_s)
         else:
-            wait_until(lambda: d.redis_proxy.accepted > accepted_before, timeout=5,
-                       what="the sidecar reconnected")  # fmt: skip
+            wait_until(
+                lambda: d.redis_proxy.accepted > accepted_before,
+                timeout=5,
+                what="the sidecar reconnected",
+            )
         # Requests go on being served from the last good flags while the fault lasts.
         wait_until(
-            lambda: time.monotonic() - injected >= HOLD_S
-            and sum(t > injected for t in loop.snapshot().ok_times) >= 30,
+            lambda: (
+                time.monotonic() - injected >= HOLD_S
+                and sum(t > injected for t in loop.snapshot().ok_times) >= 30
+            ),
             timeout=10,
             what="requests served during the fault",
         )
@@ -92,8 +97,11 @@ def test_redis_fault_keeps_cohorts_and_fails_nothing(
         revision = d.apply(flag_with_new_revision())
         if revision == revision_before:  # an emptied Redis starts counting again
             revision = d.apply(flag_with_new_revision())
-        wait_until(lambda: revision in loop.snapshot().revisions, timeout=10,
-                   what=f"revision {revision} served")  # fmt: skip
+        wait_until(
+            lambda: revision in loop.snapshot().revisions,
+            timeout=10,
+            what=f"revision {revision} served",
+        )
         recovery_s = loop.snapshot().revisions[revision] - back
         wait_for_metric(d.metrics_url, STALE, 0, timeout=5)
     tally = loop.snapshot()
@@ -109,8 +117,13 @@ def test_redis_fault_keeps_cohorts_and_fails_nothing(
 def _redis_cli(d: Drill, *args: str) -> str:
     binary = shutil.which("redis-cli")
     assert binary, "redis-cli not found: run `make test` (it installs redis-server with apt)"
-    result = subprocess.run([binary, "-p", str(d.redis.port), *args], capture_output=True,
-                            text=True, timeout=10, check=True)  # fmt: skip
+    result = subprocess.run(
+        [binary, "-p", str(d.redis.port), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
     return result.stdout.strip()
 
 
@@ -123,7 +136,9 @@ def test_raw_invalid_set_is_rejected_and_last_good_keeps_serving(
         revision_before = set(loop.snapshot().revisions)
         written = time.monotonic()
         assert _redis_cli(d, "SET", RedisKeys().flag(FLAG), '{"key": "digits", "variants": 42}')
-        rejected_s = wait_for_metric(d.metrics_url, "trafficsplit_flag_rejections_total", 1, timeout=5)
+        rejected_s = wait_for_metric(
+            d.metrics_url, "trafficsplit_flag_rejections_total", 1, timeout=5
+        )
         wait_until(
             lambda: sum(t > written for t in loop.snapshot().ok_times) >= 30,
             timeout=10,
@@ -133,7 +148,9 @@ def test_raw_invalid_set_is_rejected_and_last_good_keeps_serving(
     fault_metric("redis_invalid_set.rejected_after_s", rejected_s)
     fault_metric("redis_invalid_set.failed", tally.failed)
     assert tally.failed == 0, tally.statuses
-    assert set(tally.revisions) == revision_before, "the invalid document replaced the last good one"
+    assert set(tally.revisions) == revision_before, (
+        "the invalid document replaced the last good one"
+    )
     assert not tally.cohort_changes()
     assert metric(d.metrics_url, STALE) == 0  # Redis answers; the document is what is wrong
 

@@ -57,8 +57,10 @@ def _outage(
     started = time.monotonic()
     fail()
     wait_until(
-        lambda: time.monotonic() - started >= HOLD_S
-        and loop.snapshot().failures_after(started) >= failures,
+        lambda: (
+            time.monotonic() - started >= HOLD_S
+            and loop.snapshot().failures_after(started) >= failures
+        ),
         timeout=20,
         what=f"{failures} failed requests during {name}",
     )
@@ -73,8 +75,11 @@ def _report_failed(name: str, before: Tally, after: Tally) -> Counter[str]:
 
 
 def _resumed_after(loop: LoadLoop, name: str, ready_at: float) -> float:
-    first = wait_until(lambda: loop.snapshot().first_ok_after(ready_at),
-                       timeout=RESUME_BOUND_S, what=f"first OK after {name}")  # fmt: skip
+    first = wait_until(
+        lambda: loop.snapshot().first_ok_after(ready_at),
+        timeout=RESUME_BOUND_S,
+        what=f"first OK after {name}",
+    )
     seconds = first - ready_at
     fault_metric(f"{name}.first_ok_after_ready_s", seconds)
     return seconds
