@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from faultload import LoadLoop, Tally, fault_metric, load, metric, wait_for_metric
 from faultproxy import FaultProxy
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import wait_until
 from triton_harness import TritonInstall, TritonServer, build_python_backend_repository, free_port
 
@@ -42,6 +44,14 @@ def _statuses_since(before: Tally, after: Tally) -> Counter[str]:
 
 def _triton_sidecar(start: Callable[..., SidecarProcess], url: str) -> SidecarProcess:
     return start("--triton-url", url, "--default-timeout-s", str(SIDECAR_DEADLINE_S))
+
+
+def _health(sidecar: SidecarProcess) -> str:
+    with grpc.insecure_channel(sidecar.address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=2
+        )
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 def _warm(loop: LoadLoop) -> None:
@@ -96,12 +106,14 @@ def test_triton_unreachable_then_stalled_through_proxy(
             down = _outage(loop, "triton_break", fail=proxy.break_)
             wait_for_metric(sidecar.metrics_url, READY, 0, timeout=5, target="digits:1")
             errors = metric(sidecar.metrics_url, ERRORS, status="UNAVAILABLE")
+            wait_until(lambda: _health(sidecar) == "NOT_SERVING", timeout=5, what="NOT_SERVING")
             proxy.restore()
             _resumed_after(loop, "triton_break", time.monotonic())
             between = loop.snapshot()
             stalled = _outage(loop, "triton_stall", fail=proxy.stall, failures=3)
             proxy.restore()
             _resumed_after(loop, "triton_stall", time.monotonic())
+            deadline_errors = metric(sidecar.metrics_url, ERRORS, status="DEADLINE_EXCEEDED")
             _report_failed("triton_break", start, between)
             _report_failed("triton_stall", between, loop.snapshot())
         tally = loop.snapshot()
@@ -110,6 +122,7 @@ def test_triton_unreachable_then_stalled_through_proxy(
     assert errors >= down["UNAVAILABLE"] > 0  # every failure is counted by status
     assert set(stalled) <= {"OK", "DEADLINE_EXCEEDED"}, stalled
     assert stalled["DEADLINE_EXCEEDED"] >= 3
+    assert deadline_errors >= stalled["DEADLINE_EXCEEDED"]  # the sidecar ended them itself
     assert tally.slowest_failure_s < FAILURE_BOUND_S, "a request outlived the sidecar's deadline"
     assert not tally.cohort_changes()
 
