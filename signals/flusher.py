@@ -1,8 +1,8 @@
 """Moves completed seconds from the in-memory aggregate to a store, once per interval.
 
-The request path only records into an :class:`~signals.aggregate.Aggregator`; this task, on the
-same event loop, drains the seconds that are over and hands them to a :class:`BatchWriter` in one
-write (one pipelined round trip to Redis), so the store's write load depends on the number of
+The request path only logs into an :class:`~signals.aggregate.Aggregator`; this task, on the
+same event loop, takes the seconds that are over, counts them (in slices, yielding the loop in
+between) and hands them to a :class:`BatchWriter` in one write (one pipelined round trip to Redis), so the store's write load depends on the number of
 flags, targets and latency buckets in use, never on the request rate.
 
 When the store is unavailable, batches stay in a bounded backlog and are retried (merged with the
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from signals.aggregate import Aggregator
+from signals.aggregate import Aggregator, encode_steps
 from signals.codec import Batch, add_batches, batch_attempts
 
 log = logging.getLogger("signals.flusher")
@@ -76,7 +76,10 @@ class Flusher:
         Returns True if nothing is left waiting."""
         async with self._lock:
             now = int(self._clock())
-            add_batches(self._backlog, self.aggregator.drain(None if final else now))
+            fresh: Batch = {}
+            for _ in encode_steps(self.aggregator.take(None if final else now), fresh):
+                await asyncio.sleep(0)  # give requests the loop between slices of counting
+            add_batches(self._backlog, fresh)
             self._trim(now)
             if not self._backlog:
                 return True
