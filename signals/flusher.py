@@ -8,7 +8,8 @@ flags, targets and latency buckets in use, never on the request rate.
 When the store is unavailable, batches stay in a bounded backlog and are retried (merged with the
 newer ones: counts add) at the next interval. Beyond ``max_backlog`` (flag, second) entries, the
 oldest are dropped, and so is anything older than the retention (its key would already have
-expired): ``dropped_attempts`` counts what was lost. Nothing here ever blocks a request.
+expired). A write refused by the ACL is dropped at once, never retried. ``dropped_attempts``
+counts what was lost. Nothing here ever blocks a request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from flags.errors import StoreAuthError
 from signals.aggregate import Aggregator, encode_steps
 from signals.codec import Batch, add_batches, batch_attempts
 
@@ -86,7 +88,15 @@ class Flusher:
             pending, self._backlog = self._backlog, {}
             try:
                 self.commands += await self._writer.write(pending)
-            except Exception as exc:  # any failure: keep the counts, retry next interval
+            except StoreAuthError as exc:
+                # Configuration, not an outage: retrying cannot help, and a user refused MULTI
+                # has had its HINCRBYs applied outside the transaction, so a retry would count
+                # them twice. Drop the batch; later ones are written once the ACL is fixed.
+                self.failures += 1
+                self.dropped_attempts += sum(batch_attempts(f) for f in pending.values())
+                log.error("signals refused by Redis, dropping them: %s", exc)
+                return False
+            except Exception as exc:  # an outage: keep the counts, retry next interval
                 add_batches(pending, self._backlog)
                 self._backlog = pending
                 self._trim(now)

@@ -4,6 +4,7 @@ sidecar's ACL (read flags, write only signal keys), and Redis going away and com
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,49 @@ def test_redis_down_keeps_a_bounded_backlog_then_catches_up(tmp_path: Path, pref
         assert server.client().exists(signal_key(prefix, "digits", 500)) == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("rules", "writes"),
+    [
+        # docs/rollouts.md: a user of its own for signals (--signals-redis-url)
+        (("resetkeys", "~{p}sig:*", "-@all", "+@connection", "+hincrby", "+expire", "+multi",
+          "+exec"), True),
+        # %W~ alone is not enough: HINCRBY reads the value it increments
+        (("resetkeys", "%R~{p}*", "%W~{p}sig:*", "-@all", "+@read", "+@connection", "+hincrby",
+          "+expire", "+multi", "+exec"), False),
+        # without MULTI, Redis runs the HINCRBYs outside a transaction: the batch must not be
+        # retried (it would count twice), so an ACL refusal is dropped, never retried
+        (("resetkeys", "~{p}sig:*", "-@all", "+@connection", "+hincrby", "+expire"), None),
+    ],
+)  # fmt: skip
+def test_documented_acl_variants(
+    fresh_redis: RedisServer, rules: tuple[str, ...], writes: bool | None
+) -> None:
+    prefix = f"acl-{uuid.uuid4().hex[:8]}:"  # the test id's [brackets] are glob syntax in ACLs
+    fresh_redis.client().execute_command(
+        "ACL", "SETUSER", "signals", "on", ">pw", *(r.format(p=prefix) for r in rules)
+    )
+    url = f"redis://signals:pw@127.0.0.1:{fresh_redis.port}/0"
+
+    async def flush_twice() -> Flusher:
+        agg = Aggregator()
+        agg.add(3, "digits", "exposed", "onnx", "digits", "1", "OK", MS)
+        writer = RedisSignalWriter(async_client(url), prefix, url=url)
+        flusher = Flusher(agg, writer, clock=Clock(4.0))
+        await flusher.flush_once()
+        await flusher.flush_once()  # a refused batch is not tried again
+        await writer.close()
+        return flusher
+
+    flusher = asyncio.run(flush_twice())
+    once = {b"exposed|onnx|digits|1|a": b"1", b"exposed|onnx|digits|1|r:OK": b"1",
+            b"exposed|onnx|digits|1|b:35": b"1"}  # fmt: skip
+    written = fresh_redis.client().hgetall(signal_key(prefix, "digits", 3))
+    if writes:
+        assert (flusher.flushes, flusher.failures, flusher.dropped_attempts) == (1, 0, 0)
+        assert written == once
+    else:  # refused: dropped and counted, not kept for a retry
+        assert (flusher.flushes, flusher.failures, flusher.dropped_attempts) == (0, 1, 1)
+        assert flusher.backlog == 0
+        assert written == ({} if writes is False else once)  # never more than once
