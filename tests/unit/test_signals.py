@@ -12,7 +12,6 @@ from types import MappingProxyType
 import pytest
 
 from flags import StoreAuthError
-
 from signals.aggregate import Aggregator
 from signals.codec import (
     Batch,
