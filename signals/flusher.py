@@ -62,7 +62,7 @@ class Flusher:
         self._backlog: Batch = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._failing = ""  # "", "unavailable" or "refused": log each episode once
         self.dropped_attempts = 0
         self.flushes = 0  # writes that succeeded
         self.failures = 0  # writes that failed (their batch stayed in the backlog)
@@ -94,22 +94,24 @@ class Flusher:
                 # them twice. Drop the batch; later ones are written once the ACL is fixed.
                 self.failures += 1
                 self.dropped_attempts += sum(batch_attempts(f) for f in pending.values())
-                log.error("signals refused by Redis, dropping them: %s", exc)
+                if self._failing != "refused":  # once per episode, not once a second
+                    log.error("signals refused by Redis, dropping them until it accepts: %s", exc)
+                self._failing = "refused"
                 return False
             except Exception as exc:  # an outage: keep the counts, retry next interval
                 add_batches(pending, self._backlog)
                 self._backlog = pending
                 self._trim(now)
                 self.failures += 1
-                if not self._failing:
+                if self._failing != "unavailable":
                     log.warning("cannot write signals (%s); keeping up to %d seconds, retrying "
                                 "every %.1fs", exc, self.max_backlog, self.interval_s)  # fmt: skip
-                self._failing = True
+                self._failing = "unavailable"
                 return False
             self.flushes += 1
             if self._failing:
                 log.info("signals written again")
-                self._failing = False
+                self._failing = ""
             return True
 
     def _trim(self, now: int) -> None:

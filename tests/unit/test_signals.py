@@ -7,6 +7,7 @@ p99 of a merged histogram is the p99 of the histogram of all samples.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import MappingProxyType
 
 import pytest
@@ -259,6 +260,23 @@ def test_a_write_the_acl_refuses_is_dropped_not_retried() -> None:
     clock.now = 11.0
     assert run(flusher.flush_once()) is True
     assert list(writer.hashes) == [("f", 10)]
+
+
+def test_each_failure_episode_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="signals.flusher")
+    clock, writer, agg = Clock(10.0), MemoryWriter(), Aggregator()
+    flusher = Flusher(agg, writer, clock=clock)
+    for refuse, fail in ((True, False),) * 3 + ((False, True),) * 3 + ((False, False),):
+        writer.refuse, writer.fail = refuse, fail
+        agg.add(int(clock.now), "f", "exposed", "b", "m", "1", "OK", MS)
+        clock.now += 1
+        run(flusher.flush_once())
+    messages = [(r.levelname, r.getMessage().split(" (")[0].split(":")[0]) for r in caplog.records]
+    assert messages == [
+        ("ERROR", "signals refused by Redis, dropping them until it accepts"),
+        ("WARNING", "cannot write signals"),
+        ("INFO", "signals written again"),
+    ]
 
 
 def test_backlog_older_than_the_retention_is_dropped_not_written() -> None:
