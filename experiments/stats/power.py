@@ -18,9 +18,11 @@ from __future__ import annotations
 import math
 
 from pydantic import BaseModel, ConfigDict
+from scipy import optimize, stats
 from statsmodels.stats.power import NormalIndPower
 
 from experiments.stats.model import StatsInputError
+from experiments.stats.sequential import half_width
 
 
 class SampleSize(BaseModel):
@@ -80,6 +82,43 @@ def sample_size(
     )
     return SampleSize(
         per_variant=math.ceil(float(n)), baseline=baseline, delta=delta, alpha=alpha, power=power
+    )
+
+
+def sequential_sample_size(
+    *,
+    baseline: float,
+    mde: float,
+    relative: bool = True,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    binary: bool = True,
+    variance: float | None = None,
+    tuning: float = 5000.0,
+) -> SampleSize:
+    """Users per variant for the confidence sequence to exclude 0 with the given power.
+
+    Solves delta = w(n) + z_power * se(n) for n, where w is the GAVI half-width at N = 2n users
+    and se(n) = sqrt((v_c + v_t) / n): the same normal approximation as the fixed design, with
+    the sequence's wider half-width in place of z_{1-alpha/2} * se.
+    """
+    delta = absolute_delta(baseline, mde, relative)
+    total = _variances(binary, baseline, delta, variance)
+    if total == 0:
+        raise StatsInputError("zero variance: every user has the same value, nothing to power")
+    z_power = float(stats.norm.ppf(power))
+
+    def gap(n: float) -> float:
+        return half_width(total / n, 2 * n, alpha, tuning) + z_power * math.sqrt(total / n) - delta
+
+    high = 2.0
+    while gap(high) > 0:
+        high *= 2
+        if high > 1e13:
+            raise StatsInputError(f"MDE {delta} is too small to detect with any sample size")
+    n = optimize.brentq(gap, high / 2 if high > 2 else 1.0, high, xtol=1e-6)
+    return SampleSize(
+        per_variant=math.ceil(n), baseline=baseline, delta=delta, alpha=alpha, power=power
     )
 
 

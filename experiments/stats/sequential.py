@@ -33,7 +33,7 @@ def rho_squared(alpha: float, tuning: float) -> float:
     return (-2 * math.log(alpha) + math.log(-2 * math.log(alpha) + 1)) / tuning
 
 
-def half_width(variance: float, n_total: int, alpha: float, tuning: float) -> float:
+def half_width(variance: float, n_total: float, alpha: float, tuning: float) -> float:
     """Half-width of the confidence sequence for an estimate of variance ``variance``."""
     rho2 = rho_squared(alpha, tuning)
     s2 = variance * n_total
