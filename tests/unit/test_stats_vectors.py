@@ -147,7 +147,7 @@ def test_sample_size_matches_the_closed_form() -> None:
     assert achieved_power(n_per_variant=size.per_variant - 2, baseline=0.1, delta=0.01) < 0.8
     continuous = sample_size(baseline=20.0, mde=1.0, relative=False, binary=False, variance=64.0)
     assert continuous.per_variant == math.ceil(z**2 * 128 / 1.0)
-    with pytest.raises(StatsInputError, match="within 0..1"):
+    with pytest.raises(StatsInputError, match=r"within 0\.\.1"):
         sample_size(baseline=0.95, mde=0.1, relative=False)
     with pytest.raises(StatsInputError, match="per-user variance"):
         sample_size(baseline=1.0, mde=0.1, binary=False)
