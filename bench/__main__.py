@@ -40,6 +40,11 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rollback": ("bench.rollback", {"rounds": 5}, {"rounds": 2}),
     "embedded": ("bench.embedded", {"rounds": 5}, {"rounds": 2, "quick": True}),
     "soak": ("bench.soak", {"duration_s": 600.0}, {"duration_s": 20.0}),
+    "experiments-stats": (
+        "bench.experiments_stats",
+        {"users": 1_000_000, "rounds": 3},
+        {"users": 1_000_000, "rounds": 1},
+    ),
 }
 
 
