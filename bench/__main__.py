@@ -46,6 +46,11 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"rounds": 5, "calls": 400_000, "seconds": 10},
         {"rounds": 2, "calls": 100_000, "seconds": 3},
     ),
+    "experiments-stats": (
+        "bench.experiments_stats",
+        {"users": 1_000_000, "rounds": 3},
+        {"users": 1_000_000, "rounds": 1},
+    ),
 }
 
 
