@@ -101,9 +101,7 @@ def start(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
         steps=list(spec.ramp.steps),
         started_at=now,
         updated_at=now,
-        history=[
-            Event(at=now, event="started", actor=ctx.admin.actor, detail=reason or "started")
-        ],
+        history=[Event(at=now, event="started", actor=ctx.admin.actor, detail=reason or "started")],
     )
     state = store.write(state, raw, action="rollout.start", reason=reason or "rollout started")
     _done(as_json, state, f"{flag}: rollout of {state.variant!r} over {state.steps} pending")

@@ -43,23 +43,56 @@ def run(controller: Controller, stop: threading.Event) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", envvar="TRAFFICSPLIT_REDIS_URL", default=DEFAULT_URL,
-              show_default=True, help="Redis holding flags, rollouts and signal windows.")
-@click.option("--prefix", envvar="TRAFFICSPLIT_REDIS_PREFIX", default=DEFAULT_PREFIX,
-              show_default=True)
-@click.option("--tick", "tick_s", envvar="TRAFFICSPLIT_CONTROLLER_TICK",
-              type=click.FloatRange(0.05, 60), default=1.0, show_default=True,
-              help="Seconds between evaluations.")
-@click.option("--lease-ttl", "lease_ttl_s", envvar="TRAFFICSPLIT_CONTROLLER_LEASE_TTL",
-              type=click.FloatRange(0.2, 300), default=5.0, show_default=True,
-              help="Leader lease: a standby takes over within this long after the leader dies.")
-@click.option("--replica", envvar="TRAFFICSPLIT_CONTROLLER_REPLICA", default=None,
-              help="This replica's name in the lease and the audit (default: host:pid).")
-@click.option("--metrics-port", envvar="TRAFFICSPLIT_CONTROLLER_METRICS_PORT",
-              type=click.IntRange(0, 65535), default=9465, show_default=True,
-              help="Prometheus /metrics port (0: none).")
-@click.option("--webhook-timeout", "webhook_timeout_s", type=click.FloatRange(0.1, 60),
-              default=2.0, show_default=True, help="Seconds a notification POST may take.")
+@click.option(
+    "--redis-url",
+    envvar="TRAFFICSPLIT_REDIS_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    help="Redis holding flags, rollouts and signal windows.",
+)
+@click.option(
+    "--prefix", envvar="TRAFFICSPLIT_REDIS_PREFIX", default=DEFAULT_PREFIX, show_default=True
+)
+@click.option(
+    "--tick",
+    "tick_s",
+    envvar="TRAFFICSPLIT_CONTROLLER_TICK",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between evaluations.",
+)
+@click.option(
+    "--lease-ttl",
+    "lease_ttl_s",
+    envvar="TRAFFICSPLIT_CONTROLLER_LEASE_TTL",
+    type=click.FloatRange(0.2, 300),
+    default=5.0,
+    show_default=True,
+    help="Leader lease: a standby takes over within this long after the leader dies.",
+)
+@click.option(
+    "--replica",
+    envvar="TRAFFICSPLIT_CONTROLLER_REPLICA",
+    default=None,
+    help="This replica's name in the lease and the audit (default: host:pid).",
+)
+@click.option(
+    "--metrics-port",
+    envvar="TRAFFICSPLIT_CONTROLLER_METRICS_PORT",
+    type=click.IntRange(0, 65535),
+    default=9465,
+    show_default=True,
+    help="Prometheus /metrics port (0: none).",
+)
+@click.option(
+    "--webhook-timeout",
+    "webhook_timeout_s",
+    type=click.FloatRange(0.1, 60),
+    default=2.0,
+    show_default=True,
+    help="Seconds a notification POST may take.",
+)
 def cli(
     redis_url: str,
     prefix: str,
@@ -72,8 +105,9 @@ def cli(
     """Drive every flag with a `ramp` section and a started rollout (`flagctl rollout start`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if tick_s * 2 > lease_ttl_s:
-        raise click.UsageError("--lease-ttl must be at least twice --tick (the lease is renewed "
-                               "every tick)")
+        raise click.UsageError(
+            "--lease-ttl must be at least twice --tick (the lease is renewed every tick)"
+        )
     replica = replica or f"{socket.gethostname()}:{os.getpid()}"
     try:
         client = sync_client(redis_url)
@@ -84,13 +118,26 @@ def cli(
         try:
             start_http_server(metrics_port, addr="0.0.0.0", registry=metrics.registry)
         except OSError as exc:
-            raise click.ClickException(f"cannot serve /metrics on port {metrics_port}: {exc}")
+            raise click.ClickException(
+                f"cannot serve /metrics on port {metrics_port}: {exc}"
+            ) from exc
+    try:
+        windows = RedisWindows(client, prefix)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the signals window reader is missing from this install ({exc}): reinstall "
+            "trafficsplit"
+        ) from exc
     controller = Controller(
         client,
-        RedisWindows(client, prefix),
+        windows,
         keys=RedisKeys(prefix),
-        config=ControllerConfig(tick_s=tick_s, lease_ttl_s=lease_ttl_s, replica=replica,
-                                actor=f"trafficsplit-controller/{replica}"),
+        config=ControllerConfig(
+            tick_s=tick_s,
+            lease_ttl_s=lease_ttl_s,
+            replica=replica,
+            actor=f"trafficsplit-controller/{replica}",
+        ),
         metrics=metrics,
         webhooks=Webhooks(timeout_s=webhook_timeout_s),
     )
