@@ -149,7 +149,9 @@ def test_at_the_full_step_the_recorded_baseline_stands_in_for_the_control() -> N
 )
 def test_only_exposed_traffic_is_judged(group: Group) -> None:
     g = Guardrails(min_requests=10)
-    v = verdict(g, window(stats(500, 500), stats(1000), group=group), window(stats(500, 500), group=group))
+    v = verdict(
+        g, window(stats(500, 500), stats(1000), group=group), window(stats(500, 500), group=group)
+    )
     assert v.status is Status.NOT_ENOUGH_DATA
     assert v.candidate_long.attempts == 0
 

@@ -7,8 +7,15 @@ from typing import Any
 import pytest
 from support import digits_flag
 
-from flags import CompiledFlag, FlagValidationError, Snapshot, Subject, VariantError, evaluate
-from flags import parse_flag
+from flags import (
+    CompiledFlag,
+    FlagValidationError,
+    Snapshot,
+    Subject,
+    VariantError,
+    evaluate,
+    parse_flag,
+)
 from flags.mutations import promote, ramp, share
 from flags.schema import Guardrails
 from rollout.decide import Kind, decide
@@ -130,7 +137,7 @@ def segment_flag(**ramp_section: Any) -> dict[str, Any]:
 
 
 def test_ramp_rule_must_name_a_rule_with_a_split() -> None:
-    with pytest.raises(FlagValidationError, match="ramp.rule: no rule named 'nope'"):
+    with pytest.raises(FlagValidationError, match=r"ramp\.rule: no rule named 'nope'"):
         parse_flag(segment_flag(rule="nope"))
     assert parse_flag(segment_flag(rule="pro")).ramp.rule == "pro"  # type: ignore[union-attr]
 
