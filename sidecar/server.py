@@ -38,6 +38,7 @@ from sidecar.readiness import VersionReadiness, default_targets, flag_targets, k
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
+from sidecar.signal_recorder import SignalRecorder, build_signal_recorder
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
 from sidecar.tracing import TracingObserver
@@ -67,9 +68,15 @@ def build_source(settings: Settings, store: FlagStore) -> FlagSource:
 
 
 def build_observers(
-    metrics: SidecarMetrics, tracer_provider: TracerProvider, *, tracing: bool, trace_user_id: bool
+    metrics: SidecarMetrics,
+    tracer_provider: TracerProvider,
+    *,
+    tracing: bool,
+    trace_user_id: bool,
+    signals: SignalRecorder | None = None,
 ) -> Observer:
     observers: list[Observer] = [MetricsObserver(metrics), FallbackLog()]
+    observers += [signals] if signals is not None else []  # fleet-wide signals (docs/rollouts.md)
     if tracing:
         observers.append(
             TracingObserver(
@@ -100,6 +107,7 @@ class Sidecar:
     serving: bool = False
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
+    signals: SignalRecorder | None = None  # flushes per-version signals to Redis while running
 
     @classmethod
     def build(
@@ -122,11 +130,13 @@ class Sidecar:
         metrics.watch_breaker(breaker)
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
+        signals = build_signal_recorder(settings, metrics)
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
+            signals=signals,
         )
         router = Router(
             store,
@@ -154,6 +164,7 @@ class Sidecar:
             provider,
             metrics,
             readiness,
+            signals=signals,
         )
 
     def _rules(self) -> SubjectRules:
@@ -173,6 +184,8 @@ class Sidecar:
             FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
             self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
         await self.source.start()
+        if self.signals is not None:
+            self.signals.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=(ErrorInterceptor(self._count_error),),
@@ -299,6 +312,8 @@ class Sidecar:
             await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
+        if self.signals is not None:  # after the last request: its second is flushed too
+            await self.signals.close()
         await self.source.close()
         await self.backend.close()
         self.tracer_provider.shutdown()
