@@ -181,7 +181,8 @@ class Controller:
         long_start = max(math.floor(now - g.window_seconds), math.floor(state.started_at))
         long = self._windows.read(spec.key, long_start, end)
         short_s = min(g.short_window_seconds, g.window_seconds)
-        short = self._windows.read(spec.key, math.floor(now - short_s), end)
+        short_start = max(math.floor(now - short_s), math.floor(state.started_at))
+        short = self._windows.read(spec.key, short_start, end)
         step_start = math.floor(state.step_started_at or state.started_at)
         step = self._windows.read(spec.key, step_start, end)
         baseline = None

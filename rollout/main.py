@@ -121,16 +121,9 @@ def cli(
             raise click.ClickException(
                 f"cannot serve /metrics on port {metrics_port}: {exc}"
             ) from exc
-    try:
-        windows = RedisWindows(client, prefix)
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the signals window reader is missing from this install ({exc}): reinstall "
-            "trafficsplit"
-        ) from exc
     controller = Controller(
         client,
-        windows,
+        RedisWindows(client, prefix, url=redis_url),
         keys=RedisKeys(prefix),
         config=ControllerConfig(
             tick_s=tick_s,

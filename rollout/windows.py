@@ -7,14 +7,13 @@ and the controller's own tests use instead of patching.
 
 from __future__ import annotations
 
-import importlib
 import threading
-from collections.abc import Callable
 from typing import Protocol
 
 import redis
 
 from signals.model import TargetKey, VersionStats, Window
+from signals.redis_window import read_window_sync
 
 
 class WindowSource(Protocol):
@@ -26,15 +25,13 @@ class WindowSource(Protocol):
 class RedisWindows:
     """Windows the sidecars recorded into Redis (``signals.redis_window``)."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, *, url: str = "") -> None:
         self._client = client
         self._prefix = prefix
-        # Resolved at construction, not import: the reader lives in the signals package.
-        module = importlib.import_module("signals.redis_window")
-        self._read: Callable[..., Window] = module.read_window
+        self._url = url
 
     def read(self, flag: str, start_s: int, end_s: int) -> Window:
-        return self._read(self._client, self._prefix, flag, start_s, end_s)
+        return read_window_sync(self._client, self._prefix, flag, start_s, end_s, url=self._url)
 
 
 class MemoryWindows:
