@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     ROOT,
@@ -54,6 +56,8 @@ from rollout.store import RolloutStore, state_key
 ROW = "trafficsplit-controller (1 s tick)"
 FLAGGER = "Flagger (interval 60 s x threshold 1..10)"
 STEPS = [1.0, 5.0, 20.0, 50.0, 100.0]
+# Metrics, to see when the candidate's circuit (opened by the last trial) is no longer open.
+SIDECAR_ARGS = ("--metrics-listen", "127.0.0.1:0", "--breaker-cool-down-s", "1")
 
 
 @dataclass
@@ -140,14 +144,15 @@ class Stack:
     exits: ExitStack
 
 
-def rollout_flag(hold_s: float, min_requests: int) -> dict[str, Any]:
-    """The demo flag, ramped by the controller; the flag's default guardrails but the floor."""
+def rollout_flag(hold_s: float, min_requests: int | None, share: float = 0.0) -> dict[str, Any]:
+    """The demo flag, ramped by the controller, with the default guardrails (and ``min_requests``
+    lowered when given, so a healthy ramp's 1 % step passes in seconds)."""
     doc: dict[str, Any] = json.loads(DIGITS_FLAG.read_text())
     doc.update(
         rules=[],
-        allocation={"coverage": 100, "split": {"control": 100}},
+        allocation={"coverage": 100, "split": {"control": 100 - share, "candidate": share}},
         ramp={"variant": "candidate", "steps": STEPS, "hold_seconds": hold_s},
-        guardrails={"min_requests": min_requests},
+        guardrails={} if min_requests is None else {"min_requests": min_requests},
     )
     doc.pop("shadow", None)
     return doc
@@ -170,7 +175,9 @@ def failing_stack(rate: float = 200.0, workdir: Path | None = None) -> Iterator[
         keys = RedisKeys(PREFIX)
         admin = FlagAdmin(client, keys=keys, actor="bench")
         admin.apply(parse_flag(rollout_flag(1.0, 10)), reason="setup", force=True)
-        side = exits.enter_context(sidecar(redis.url, triton.grpc_url, log_dir=workdir))
+        side = exits.enter_context(
+            sidecar(redis.url, triton.grpc_url, log_dir=workdir, extra=SIDECAR_ARGS)
+        )
         load = PacedLoad(side.address, rate=rate)
         load.start()
         exits.callback(load.close)
@@ -188,14 +195,38 @@ def wait(condition: Any, *, timeout: float, what: str, interval: float = 0.05) -
     raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
 
 
-def start_rollout(st: Stack, *, hold_s: float = 1.0, min_requests: int = 10) -> None:
-    """A fresh flag and a pending rollout (what `flagctl rollout start` writes)."""
+def circuit_open(st: Stack, target: str = "digits:2") -> bool:
+    text = urlopen(st.sidecar.metrics_url, timeout=5).read().decode()
+    return any(
+        s.labels == {"target": target, "state": "open"} and s.value == 1
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    )
+
+
+def start_rollout(
+    st: Stack, *, hold_s: float = 1.0, min_requests: int | None = 10, at_step: int = -1
+) -> None:
+    """A fresh flag and a pending rollout (what `flagctl rollout start` writes).
+
+    Waits until the sidecar's circuit for v2 (opened by a previous trial's failures) is no longer
+    open: until then the sidecar would skip v2 and count it failed, rightly rolling back again.
+    """
     st.fail_file.unlink(missing_ok=True)
-    st.admin.apply(parse_flag(rollout_flag(hold_s, min_requests)), reason="trial", force=True)
+    wait(lambda: not circuit_open(st), timeout=30, what="the candidate's circuit to cool down")
+    share = STEPS[at_step] if at_step >= 0 else 0.0
+    doc = rollout_flag(hold_s, min_requests, share)
+    st.admin.apply(parse_flag(doc), reason="trial", force=True)
     st.admin.client.delete(state_key(RedisKeys(PREFIX), "digits"))
     now = time.time()
     state = RolloutState(
-        flag="digits", variant="candidate", phase=Phase.PENDING, steps=STEPS, started_at=now
+        flag="digits",
+        variant="candidate",
+        phase=Phase.RUNNING if at_step >= 0 else Phase.PENDING,
+        steps=STEPS,
+        step=at_step,
+        step_started_at=now if at_step >= 0 else None,
+        started_at=now,
     )
     st.store.write(state, None, action="rollout.start", reason="trial")
 
@@ -217,11 +248,20 @@ class Trial:
     evidence: dict[str, Any]
 
 
+def short_window_attempts(st: Stack) -> int:
+    current = state(st)
+    verdict = (current.last_verdict or {}) if current else {}
+    return int((verdict.get("candidate_short") or {}).get("attempts") or 0)
+
+
 def rollback_trial(st: Stack, *, timeout: float = 60.0) -> Trial:
-    """Start a rollout, let it reach 5 %, break v2, measure until the rollback's flag write."""
-    start_rollout(st)
+    """A rollout at its 5 % step (as the controller leaves it; the flag's default guardrails and
+    a 10 min hold), healthy until the short window is full, then v2 breaks: measured until the
+    rollback's flag write."""
+    start_rollout(st, hold_s=600.0, min_requests=None, at_step=1)
     errors_before = len(st.load.errors)
-    wait(lambda: candidate_share(st) == 5.0, timeout=timeout, what="the 5 % step")
+    healthy = 0.8 * st.load.rate * STEPS[1] / 100 * 10  # 80 % of 10 s at the candidate's rate
+    wait(lambda: short_window_attempts(st) >= healthy, timeout=timeout, what="10 s of traffic")
     failed_at = time.time()
     st.fail_file.touch()
     try:
