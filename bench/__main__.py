@@ -41,6 +41,11 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "embedded": ("bench.embedded", {"rounds": 5}, {"rounds": 2, "quick": True}),
     "soak": ("bench.soak", {"duration_s": 600.0}, {"duration_s": 20.0}),
     "rollout": ("bench.rollout", {"rounds": 10}, {"rounds": 2}),
+    "signals": (
+        "bench.signals",
+        {"rounds": 5, "calls": 400_000, "seconds": 10},
+        {"rounds": 2, "calls": 100_000, "seconds": 3},
+    ),
 }
 
 

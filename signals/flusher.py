@@ -1,14 +1,15 @@
 """Moves completed seconds from the in-memory aggregate to a store, once per interval.
 
-The request path only records into an :class:`~signals.aggregate.Aggregator`; this task, on the
-same event loop, drains the seconds that are over and hands them to a :class:`BatchWriter` in one
-write (one pipelined round trip to Redis), so the store's write load depends on the number of
+The request path only logs into an :class:`~signals.aggregate.Aggregator`; this task, on the
+same event loop, takes the seconds that are over, counts them (in slices, yielding the loop in
+between) and hands them to a :class:`BatchWriter` in one write (one pipelined round trip to Redis), so the store's write load depends on the number of
 flags, targets and latency buckets in use, never on the request rate.
 
 When the store is unavailable, batches stay in a bounded backlog and are retried (merged with the
 newer ones: counts add) at the next interval. Beyond ``max_backlog`` (flag, second) entries, the
 oldest are dropped, and so is anything older than the retention (its key would already have
-expired): ``dropped_attempts`` counts what was lost. Nothing here ever blocks a request.
+expired). A write refused by the ACL is dropped at once, never retried. ``dropped_attempts``
+counts what was lost. Nothing here ever blocks a request.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from signals.aggregate import Aggregator
+from flags.errors import StoreAuthError
+from signals.aggregate import Aggregator, encode_steps
 from signals.codec import Batch, add_batches, batch_attempts
 
 log = logging.getLogger("signals.flusher")
@@ -60,7 +62,7 @@ class Flusher:
         self._backlog: Batch = {}
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        self._failing = ""  # "", "unavailable" or "refused": log each episode once
         self.dropped_attempts = 0
         self.flushes = 0  # writes that succeeded
         self.failures = 0  # writes that failed (their batch stayed in the backlog)
@@ -76,27 +78,40 @@ class Flusher:
         Returns True if nothing is left waiting."""
         async with self._lock:
             now = int(self._clock())
-            add_batches(self._backlog, self.aggregator.drain(None if final else now))
+            fresh: Batch = {}
+            for _ in encode_steps(self.aggregator.take(None if final else now), fresh):
+                await asyncio.sleep(0)  # give requests the loop between slices of counting
+            add_batches(self._backlog, fresh)
             self._trim(now)
             if not self._backlog:
                 return True
             pending, self._backlog = self._backlog, {}
             try:
                 self.commands += await self._writer.write(pending)
-            except Exception as exc:  # any failure: keep the counts, retry next interval
+            except StoreAuthError as exc:
+                # Configuration, not an outage: retrying cannot help, and a user refused MULTI
+                # has had its HINCRBYs applied outside the transaction, so a retry would count
+                # them twice. Drop the batch; later ones are written once the ACL is fixed.
+                self.failures += 1
+                self.dropped_attempts += sum(batch_attempts(f) for f in pending.values())
+                if self._failing != "refused":  # once per episode, not once a second
+                    log.error("signals refused by Redis, dropping them until it accepts: %s", exc)
+                self._failing = "refused"
+                return False
+            except Exception as exc:  # an outage: keep the counts, retry next interval
                 add_batches(pending, self._backlog)
                 self._backlog = pending
                 self._trim(now)
                 self.failures += 1
-                if not self._failing:
+                if self._failing != "unavailable":
                     log.warning("cannot write signals (%s); keeping up to %d seconds, retrying "
                                 "every %.1fs", exc, self.max_backlog, self.interval_s)  # fmt: skip
-                self._failing = True
+                self._failing = "unavailable"
                 return False
             self.flushes += 1
             if self._failing:
                 log.info("signals written again")
-                self._failing = False
+                self._failing = ""
             return True
 
     def _trim(self, now: int) -> None:

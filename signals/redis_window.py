@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from flags.errors import StoreAuthError
 from flags.redis_conn import translate
 from signals.codec import Batch, merge_hashes, signal_key
 from signals.flusher import DEFAULT_RETENTION_S
@@ -52,7 +53,11 @@ class RedisSignalWriter:
                     commands += len(fields) + 1
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise translate(exc, self._url) from exc
+            error = translate(exc, self._url)
+            if isinstance(error, StoreAuthError):  # say what the *signal* writer needs
+                error = StoreAuthError(f"{error}. Writing signals needs ~<prefix>sig:* and "
+                                       "+hincrby +expire +multi +exec (docs/rollouts.md, ACL)")  # fmt: skip
+            raise error from exc
         return commands
 
     async def close(self) -> None:

@@ -7,10 +7,12 @@ p99 of a merged histogram is the p99 of the histogram of all samples.
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import MappingProxyType
 
 import pytest
 
+from flags import StoreAuthError
 from signals.aggregate import Aggregator
 from signals.codec import (
     Batch,
@@ -42,9 +44,12 @@ class MemoryWriter:
     def __init__(self) -> None:
         self.hashes: dict[tuple[str, int], dict[str, int]] = {}
         self.fail = False
+        self.refuse = False
         self.writes = 0
 
     async def write(self, batch: Batch) -> int:
+        if self.refuse:
+            raise StoreAuthError("NOPERM")
         if self.fail:
             raise ConnectionError("store down")
         self.writes += 1
@@ -240,6 +245,38 @@ def test_a_retried_batch_merges_with_newer_counts_of_the_same_second() -> None:
     run(flusher.flush_once(final=True))
     assert writer.hashes["f", 9]["exposed|b|m|1|a"] == 1
     assert writer.hashes["f", 10]["exposed|b|m|1|a"] == 1
+
+
+def test_a_write_the_acl_refuses_is_dropped_not_retried() -> None:
+    clock, writer, agg = Clock(10.0), MemoryWriter(), Aggregator()
+    flusher = Flusher(agg, writer, clock=clock)
+    agg.add(9, "f", "exposed", "b", "m", "1", "OK", MS)
+    agg.add(9, "f", "exposed", "b", "m", "2", "OK", MS)
+    writer.refuse = True
+    assert run(flusher.flush_once()) is False
+    assert (flusher.backlog, flusher.dropped_attempts, flusher.failures) == (0, 2, 1)
+    writer.refuse = False  # the ACL is fixed: later seconds are written, the refused ones never
+    agg.add(10, "f", "exposed", "b", "m", "1", "OK", MS)
+    clock.now = 11.0
+    assert run(flusher.flush_once()) is True
+    assert list(writer.hashes) == [("f", 10)]
+
+
+def test_each_failure_episode_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="signals.flusher")
+    clock, writer, agg = Clock(10.0), MemoryWriter(), Aggregator()
+    flusher = Flusher(agg, writer, clock=clock)
+    for refuse, fail in ((True, False),) * 3 + ((False, True),) * 3 + ((False, False),):
+        writer.refuse, writer.fail = refuse, fail
+        agg.add(int(clock.now), "f", "exposed", "b", "m", "1", "OK", MS)
+        clock.now += 1
+        run(flusher.flush_once())
+    messages = [(r.levelname, r.getMessage().split(" (")[0].split(":")[0]) for r in caplog.records]
+    assert messages == [
+        ("ERROR", "signals refused by Redis, dropping them until it accepts"),
+        ("WARNING", "cannot write signals"),
+        ("INFO", "signals written again"),
+    ]
 
 
 def test_backlog_older_than_the_retention_is_dropped_not_written() -> None:
