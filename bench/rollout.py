@@ -317,7 +317,41 @@ def run(*, rounds: int = 5, rate: float = 200.0) -> PartReport:
     return part
 
 
-if __name__ == "__main__":  # a quick look: python -m bench.rollout
+def demo() -> None:
+    """``make demo-rollout``: a healthy candidate ramps to 100 %, a broken one is rolled back."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print("[bold]starting redis-server, tritonserver (CPU), a sidecar, 200 req/s...[/]")
+    with failing_stack(200.0) as st:
+        controller = ControllerProcess(st.redis.url, "demo", st.workdir / "controller.log")
+        st.exits.callback(controller.stop)
+        console.print("[bold]1. a healthy candidate[/] (steps 1-5-20-50-100 %, 2 s holds)")
+        start_rollout(st, hold_s=2.0, min_requests=10)
+        shown = -1.0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = state(st)
+            if current is not None and current.phase is Phase.PROMOTED:
+                console.print("   [green]promoted[/]: v2 is the default variant")
+                break
+            pct = candidate_share(st)
+            if pct != shown:
+                console.print(f"   candidate share now {pct:g} %  (served: {dict(st.load.served)})")
+                shown = pct
+            time.sleep(0.2)  # display refresh, not synchronisation
+        console.print("[bold]2. a candidate that starts failing at the 5 % step[/]")
+        trial = rollback_trial(st)
+        fired = ", ".join(f["message"] for f in trial.evidence.get("fired", []))
+        console.print(
+            f"   [red]rolled back[/] {trial.seconds:.1f} s after v2 started failing; "
+            f"users who saw an error: {trial.user_errors}\n   evidence: {fired}"
+        )
+
+
+if __name__ == "__main__":  # python -m bench.rollout [--demo]: a quick look
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    report = run(rounds=1)
-    print(json.dumps(report.to_json(), indent=2))
+    if "--demo" in sys.argv:
+        demo()
+    else:
+        print(json.dumps(run(rounds=1).to_json(), indent=2))
