@@ -97,10 +97,18 @@ class Controller:
                 if isinstance(stored, RolloutStateError):
                     self.metrics.errors.labels("invalid_state").inc()
                     continue
-                if stored.state.active:
+                if not stored.state.active:
+                    continue
+                try:
                     action = self._run_one(admin, store, specs[flag], stored)
-                    if action is not None:
-                        done.append((flag, action))
+                except FencedError:
+                    raise
+                except FlagsError as exc:  # a conflict with an operator: next tick re-reads
+                    self.metrics.errors.labels("flag").inc()
+                    log_event("flag_failed", flag=flag, error=str(exc))
+                    continue
+                if action is not None:
+                    done.append((flag, action))
         except FencedError:
             self.lease.fence = None  # another replica took over: stop acting at once
             self.metrics.errors.labels("fenced").inc()
