@@ -10,7 +10,8 @@ judged against a higher threshold and a lower request floor). Rules, each off wh
 * ``relative_error_alpha``: the candidate's error rate is above the control's by a one-sided
   Fisher exact test at that significance (exact, so 1 error in 30 requests does not trip it, where
   a normal-approximation z-test would);
-* ``max_p99_latency_ratio``: candidate p99 > ratio x control p99 over the same (long) window.
+* ``max_p99_latency_ratio``: candidate p99 > ratio x control p99 over the same (long) window,
+  once both have 100 samples (a p99 of fewer is the maximum: one slow request would decide).
 
 Only ``exposed`` traffic is compared: both versions' users were put there by the same random
 split, so their difference is the version's doing. Allow-listed (targeted) users are self-chosen,
@@ -32,6 +33,8 @@ from signals.model import Group, VersionStats, Window
 
 COMPARED_GROUPS = (Group.EXPOSED,)
 P99 = 0.99
+# Below 100 samples a p99 is the maximum: one slow request (a GC pause) would decide.
+P99_MIN_SAMPLES = 100
 
 
 class Status(enum.StrEnum):
@@ -187,7 +190,8 @@ def _long_rules(g: Guardrails, cand: Evidence, ctrl: Evidence) -> list[Fired]:
                 )
             )
     ratio = g.max_p99_latency_ratio
-    if ratio is not None and cand.p99_s is not None and ctrl.p99_s:
+    sampled = min(cand.attempts, ctrl.attempts) >= P99_MIN_SAMPLES
+    if ratio is not None and sampled and cand.p99_s is not None and ctrl.p99_s:
         observed = cand.p99_s / ctrl.p99_s
         if observed > ratio:
             fired.append(

@@ -85,11 +85,19 @@ def test_two_controllers_one_acts_and_the_standby_resumes_after_the_leader_is_ki
             what="the standby taking the lease",
         )
         takeover_s = time.monotonic() - killed_at
-        wait_until(
-            lambda: (s := state(stack)) is not None and s.phase is Phase.PROMOTED,
-            timeout=90,
-            what="the standby finishing the rollout",
-        )
+        try:
+            wait_until(
+                lambda: (s := state(stack)) is not None and s.phase is Phase.PROMOTED,
+                timeout=90,
+                what="the standby finishing the rollout",
+            )
+        except AssertionError:
+            final = state(stack)
+            raise AssertionError(
+                f"not promoted: {final and final.phase}, history "
+                f"{final and [(e.event, e.detail) for e in final.history]}, verdict "
+                f"{final and final.last_verdict}"
+            ) from None
     finally:
         for controller in (a, b):
             controller.stop()

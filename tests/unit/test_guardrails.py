@@ -130,6 +130,10 @@ def test_p99_ratio_against_the_control_over_the_same_window() -> None:
     assert 2.8 < fired.observed < 3.2
     near = verdict(g, window(stats(200, 0, 0.012), stats(3800, 0, 0.010)))
     assert near.status is Status.HOLDING
+    # 99 samples: the p99 would be the slowest one; not judged yet (the rest still is)
+    g50 = Guardrails(max_error_rate=None, max_p99_latency_ratio=1.5, min_requests=50)
+    few = verdict(g50, window(stats(99, 0, 0.030), stats(3800, 0, 0.010)))
+    assert few.status is Status.HOLDING and few.fired == ()
 
 
 def test_at_the_full_step_the_recorded_baseline_stands_in_for_the_control() -> None:
