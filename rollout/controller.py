@@ -71,6 +71,7 @@ class Controller:
             client, keys=self._keys, replica=self.config.replica, ttl_s=self.config.lease_ttl_s
         )
         self._reader = FlagAdmin(client, keys=self._keys, actor=self.config.actor)
+        self._lease_error: str | None = None
 
     def _now_dt(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -80,6 +81,12 @@ class Controller:
         started = time.perf_counter()
         fence = self.lease.ensure()
         self.metrics.leader.set(1 if fence else 0)
+        if self.lease.error != self._lease_error:  # log each outage once, and its end
+            self._lease_error = self.lease.error
+            log_event(
+                "redis_unavailable" if self.lease.error else "redis_available",
+                error=self.lease.error,
+            )
         if fence is None:
             return []
         admin = FlagAdmin(

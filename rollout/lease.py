@@ -67,6 +67,7 @@ class Lease:
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
         self.fence: Fence | None = None
+        self.error: str | None = None  # why the last attempt could not reach Redis
 
     @property
     def held(self) -> bool:
@@ -89,9 +90,11 @@ class Lease:
             token = self._acquire(
                 keys=[self.keys.lease, self.keys.fence], args=[self.replica, self._ttl_ms]
             )
-        except RedisError:
+        except RedisError as exc:
             self.fence = None
+            self.error = f"{type(exc).__name__}: {exc}"
             return None
+        self.error = None
         if token is None:
             return None
         self.fence = Fence(self.keys.fence, int(token))

@@ -325,3 +325,16 @@ def test_a_hand_edit_during_a_rollout_pauses_it(env: dict[str, Any]) -> None:
     final = state_of(env)
     assert final.phase is Phase.PAUSED and "changed outside the rollout" in final.history[-1].detail
     assert share(env["admin"].get("digits").spec, "candidate") == 42  # the operator's edit stays
+
+
+def test_redis_down_means_no_leader_and_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from servers import free_port
+
+    dead = sync_client(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    ctl = Controller(dead, MemoryWindows(), config=ControllerConfig(replica="x"))
+    with caplog.at_level(logging.WARNING, logger="trafficsplit.rollout"):
+        assert ctl.tick() == [] and ctl.tick() == []
+    lines = [json.loads(r.message) for r in caplog.records]
+    assert [line["event"] for line in lines] == ["redis_unavailable"]
+    assert "Connection refused" in lines[0]["error"] or "connect" in lines[0]["error"].lower()
+    assert ctl.metrics.leader._value.get() == 0
