@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -73,6 +73,10 @@ test: deps redis-server triton-venv gbstats-venv
 
 demo: deps
 	$(PY) -m sidecar.demo $(ARGS)
+
+# A healthy candidate ramped and promoted, then a broken one rolled back (docs/rollouts.md).
+demo-rollout: deps redis-server triton-venv
+	$(PY) -m bench.rollout --demo
 
 lint: deps
 	$(VENV)/bin/ruff check .

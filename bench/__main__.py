@@ -41,6 +41,7 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rollback": ("bench.rollback", {"rounds": 5}, {"rounds": 2}),
     "embedded": ("bench.embedded", {"rounds": 5}, {"rounds": 2, "quick": True}),
     "soak": ("bench.soak", {"duration_s": 600.0}, {"duration_s": 20.0}),
+    "rollout": ("bench.rollout", {"rounds": 10}, {"rounds": 2}),
     "signals": (
         "bench.signals",
         {"rounds": 5, "calls": 400_000, "seconds": 10},

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,9 +186,10 @@ def load_flag(redis_url: str, document: dict[str, Any] | None = None) -> FlagAdm
 
 @contextmanager
 def sidecar(
-    redis_url: str, triton_url: str, *, log_dir: Path | None = None
+    redis_url: str, triton_url: str, *, log_dir: Path | None = None, extra: Sequence[str] = ()
 ) -> Iterator[SidecarProcess]:
     args = [
+        *extra,
         "--redis-url",
         redis_url,
         "--redis-prefix",

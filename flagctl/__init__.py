@@ -20,6 +20,9 @@ Register = Callable[[click.Group], None]
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
     registrations: list[Register] = []
+    from rollout.cli import register as rollout_register  # rollout: flagctl rollout ...
+
+    registrations.append(rollout_register)
     return registrations
 
 

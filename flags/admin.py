@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from flags.decode import decode_json
 from flags.errors import (
+    FencedError,
     FlagNotFoundError,
     FlagsError,
     FlagValidationError,
@@ -50,11 +51,14 @@ end
 return epoch
 """
 
-# KEYS: flag document, index set, audit stream, tombstone, epoch.
+# KEYS: flag document, index set, audit stream, tombstone, epoch, [fence key].
 # ARGV: sha1 of the bytes read ("" = must not exist), new document ("" = delete), flag key,
 #       channel, change message, epoch the revision was computed in, tombstone (for a delete),
-#       then audit field/value pairs.
+#       fencing token ("" = unfenced: flagctl), then audit field/value pairs.
+# A fenced write (a rollout controller replica) is refused unless the fence key still holds its
+# token: a stale leader that lost its lease cannot write, atomically with the write itself.
 _CAS_SCRIPT = """
+if ARGV[8] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[8] then return {'fenced'} end
 local current = redis.call('GET', KEYS[1])
 local digest = ''
 if current then digest = redis.sha1hex(current) end
@@ -70,7 +74,7 @@ else
   redis.call('SET', KEYS[4], ARGV[7])
 end
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', unpack(fields))
 redis.call('PUBLISH', ARGV[4], ARGV[5])
 return {'ok'}
@@ -102,6 +106,14 @@ class StoredFlag:
     @property
     def revision(self) -> int | None:
         return self.spec.revision if self.spec else _revision_of(self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A rollout controller's fencing token: writes succeed only while ``key`` holds ``token``."""
+
+    key: str
+    token: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +158,9 @@ class FlagAdmin:
         actor: str | None = None,
         url: str = "",
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fence: Fence | None = None,
     ) -> None:
+        self._fence = fence
         self._client = client
         self._keys = keys or RedisKeys()
         self._actor = actor or default_actor()
@@ -155,6 +169,15 @@ class FlagAdmin:
         self._now = now
         self._cas = client.register_script(_CAS_SCRIPT)
         self._epoch_script = client.register_script(_EPOCH_SCRIPT)
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection, for capabilities that keep their own keys beside the flag."""
+        return self._client
+
+    @property
+    def actor(self) -> str:
+        return self._actor
 
     def _fail(self, exc: RedisError) -> StoreError:
         return translate(exc, self._raw_url)
@@ -357,6 +380,7 @@ class FlagAdmin:
             message,
             str(epoch),
             tombstone,
+            "" if self._fence is None else str(self._fence.token),
         ]
         for name, value in audit.items():
             args += [name, value]
@@ -367,11 +391,15 @@ class FlagAdmin:
             self._keys.tombstone(key),
             self._keys.epoch,
         ]
+        if self._fence is not None:
+            keys.append(self._fence.key)
         try:
             result = self._cas(keys=keys, args=args)
         except RedisError as exc:
             raise self._fail(exc) from exc
         status = as_text(result[0])
+        if status == "fenced" and self._fence is not None:
+            raise FencedError(key, self._fence.token)
         if status == "conflict":
             raise RevisionConflictError(
                 key, current.revision if current else None, self._current_revision(key)

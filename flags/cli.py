@@ -292,18 +292,43 @@ def _write_verb(
 @click.argument("flag")
 @click.argument("variant")
 @click.argument("percent", type=click.FloatRange(0, 100))
+@click.option(
+    "--rule",
+    default=None,
+    help="Ramp this named rule's split (default: the ramp section's rule, else the allocation).",
+)
 @reason_option
 @json_option
 @pass_ctx
-def ramp(ctx: Context, flag: str, variant: str, percent: float, reason: str, as_json: bool) -> None:
-    """Give VARIANT PERCENT % of the split (e.g. `ramp digits candidate 5`)."""
+def ramp(
+    ctx: Context,
+    flag: str,
+    variant: str,
+    percent: float,
+    rule: str | None,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Give VARIANT PERCENT % of the split (e.g. `ramp digits candidate 5`).
+
+    Never widens exposure: coverage is kept, and a flag whose experiment lives in a rule's split
+    needs `--rule` (or `ramp.rule`) rather than getting an allocation for everyone."""
 
     def message(spec: FlagSpec) -> str:
         note = "" if spec.enabled else "  [yellow](flag is disabled: `flagctl enable` to serve)[/]"
-        return f"{flag} revision {describe(spec.revision)}: {_split_text(spec)}{note}"
+        where = _split_text(spec)
+        if rule is not None or (spec.ramp is not None and spec.ramp.rule is not None):
+            where = f"{variant} {mutations.share(spec, variant, rule=rule):g}% of its rule's split"
+        return f"{flag} revision {describe(spec.revision)}: {where}{note}"
 
     _write_verb(
-        ctx, flag, lambda s: mutations.ramp(s, variant, percent), "ramp", reason, as_json, message
+        ctx,
+        flag,
+        lambda s: mutations.ramp(s, variant, percent, rule=rule),
+        "ramp",
+        reason,
+        as_json,
+        message,
     )
 
 

@@ -68,3 +68,15 @@ class RevisionConflictError(StoreError):
             f"flag {key!r} was changed by someone else (you read revision {expected}, "
             f"it is now {actual}); re-read it with `flagctl show {key}` and try again"
         )
+
+
+class FencedError(StoreError):
+    """A fenced write (a rollout controller's) was refused: another replica took the lease."""
+
+    def __init__(self, key: str, token: int) -> None:
+        self.key = key
+        self.token = token
+        super().__init__(
+            f"write to {key!r} refused: fencing token {token} is stale (another controller "
+            "replica holds the leader lease); nothing was written"
+        )

@@ -24,11 +24,15 @@ def _rebuild(spec: FlagSpec, doc: dict[str, Any]) -> FlagSpec:
     return parse_flag(doc, key=spec.key)
 
 
-def ramp(spec: FlagSpec, variant: str, percent: float) -> FlagSpec:
-    """Give ``variant`` ``percent`` % of the allocation split; the default variant takes the rest.
+def ramp(spec: FlagSpec, variant: str, percent: float, *, rule: str | None = None) -> FlagSpec:
+    """Give ``variant`` ``percent`` % of a split; the default variant takes the rest.
 
-    Other candidates keep their share. Coverage is unchanged. Ramping the default is refused:
-    it is what everyone else gets, so "ramping" it means ramping the others down.
+    The split edited is the named ``rule``'s, else the ``ramp`` section's rule when it ramps this
+    variant, else the allocation's. A ramp never widens exposure beyond what the flag targets:
+    coverage is unchanged, and a flag whose experiment lives in a rule's split does not get an
+    allocation (which would put users outside the segment on the candidate); only a flag with
+    no split at all gets one at 100 % coverage. Other candidates keep their share. Ramping the
+    default is refused: "ramping" it means ramping the others down.
     """
     _check_variant(spec, variant)
     if variant == spec.default_variant:
@@ -37,9 +41,45 @@ def ramp(spec: FlagSpec, variant: str, percent: float) -> FlagSpec:
         )
     if not 0 <= percent <= 100:
         raise VariantError(f"percent must be between 0 and 100, not {percent:g}")
+    if rule is None and spec.ramp is not None and spec.ramp.variant == variant:
+        rule = spec.ramp.rule
     doc = spec.to_document()
-    alloc = doc.setdefault("allocation", {"coverage": 100.0, "split": {}})
-    split: dict[str, float] = dict(alloc.get("split", {}))
+    if rule is not None:
+        holder = _rule_with_split(spec, doc, rule)
+    elif "allocation" in doc:
+        holder = doc["allocation"]
+    else:
+        in_rules = sorted(r.name or f"#{i}" for i, r in enumerate(spec.rules) if r.split)
+        if in_rules:
+            raise VariantError(
+                f"flag {spec.key!r} has no allocation: its experiment lives in rule split(s) "
+                f"{', '.join(in_rules)}; name one with --rule (ramping would otherwise create an "
+                "allocation and expose everyone outside the segment)"
+            )
+        holder = doc.setdefault("allocation", {"coverage": 100.0, "split": {}})
+    holder["split"] = _ramped_split(spec, dict(holder.get("split", {})), variant, percent)
+    return _rebuild(spec, doc)
+
+
+def _rule_with_split(spec: FlagSpec, doc: dict[str, Any], name: str) -> dict[str, Any]:
+    for rule in doc.get("rules", []):
+        if rule.get("name") == name:
+            if "split" not in rule:
+                raise VariantError(
+                    f"rule {name!r} of {spec.key!r} serves one variant; only a rule with a "
+                    "split can be ramped"
+                )
+            return rule  # type: ignore[no-any-return]
+    named = sorted(r.name for r in spec.rules if r.name and r.split is not None)
+    raise VariantError(
+        f"flag {spec.key!r} has no rule named {name!r} (rules with a split: "
+        f"{', '.join(named) or 'none'})"
+    )
+
+
+def _ramped_split(
+    spec: FlagSpec, split: dict[str, float], variant: str, percent: float
+) -> dict[str, float]:
     split[variant] = percent
     others = sum(v for k, v in split.items() if k not in (variant, spec.default_variant))
     # Integer ppm arithmetic so 33.3333 + 66.6667 style shares still add up to exactly 100.
@@ -49,7 +89,39 @@ def ramp(spec: FlagSpec, variant: str, percent: float) -> FlagSpec:
             f"cannot give {variant!r} {percent:g} %: other candidates already hold {others:g} %"
         )
     split[spec.default_variant] = rest_ppm / (PPM // 100)
-    alloc["split"] = split
+    return split
+
+
+def share(spec: FlagSpec, variant: str, *, rule: str | None = None) -> float:
+    """``variant``'s share (%) of the split a ramp edits (0 when it is absent)."""
+    if rule is None and spec.ramp is not None and spec.ramp.variant == variant:
+        rule = spec.ramp.rule
+    if rule is not None:
+        split = next((r.split for r in spec.rules if r.name == rule), None) or {}
+    else:
+        split = spec.allocation.split if spec.allocation else {}
+    return float(split.get(variant, 0.0))
+
+
+def promote(spec: FlagSpec, variant: str) -> FlagSpec:
+    """``variant`` becomes the default and the experiment ends: everyone is on it.
+
+    Splits and the allocation are removed and the ``ramp`` section with them (its job is done);
+    allow-list rules serving another variant are dropped too, so "everyone" means everyone.
+    The flag is enabled. Rules that serve the new default stay (they are harmless).
+    """
+    _check_variant(spec, variant)
+    doc = spec.to_document()
+    doc["default_variant"] = variant
+    doc["enabled"] = True
+    doc.pop("allocation", None)
+    doc.pop("ramp", None)
+    doc["rules"] = [
+        r for r in doc.get("rules", []) if "split" not in r and r.get("serve") == variant
+    ]
+    shadow = doc.get("shadow")
+    if shadow is not None and shadow.get("variant") == variant:
+        doc.pop("shadow")  # shadowing the default would compare it with itself
     return _rebuild(spec, doc)
 
 

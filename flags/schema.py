@@ -168,6 +168,8 @@ class Ramp(_Strict):
     variant: Name
     steps: list[Annotated[float, Field(gt=0, le=100)]] = Field(min_length=1)
     hold_seconds: Annotated[float, Field(ge=0)] = 600.0
+    # rollout: the named rule whose split the ramp edits (None: the allocation's split).
+    rule: Name | None = None
 
     @field_validator("steps")
     @classmethod
@@ -186,10 +188,53 @@ class Shadow(_Strict):
 
 
 class Guardrails(_Strict):
+    """When the rollout controller rolls a candidate back (docs/rollouts.md, "Guardrail maths").
+
+    A null rule is off. The long window (``window_seconds``) catches slow leaks; the short
+    fast-burn window catches a hard failure in seconds with a higher threshold and a lower
+    request floor (at a 5 % step of 200 req/s the candidate sees 10 req/s: 20 requests in 2 s).
+    """
+
     max_error_rate: Annotated[float, Field(ge=0, le=1)] | None = 0.01
     max_p99_latency_ratio: Annotated[float, Field(gt=1)] | None = 1.5
     window_seconds: Annotated[float, Field(gt=0)] = 300.0
     min_requests: Annotated[int, Field(ge=0)] = 100
+    # rollout: fast-burn window, relative rule, notification (appended; defaults keep old docs valid).
+    short_window_seconds: Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)] = 10.0
+    short_max_error_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = 0.2
+    short_min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 20
+    relative_error_alpha: Annotated[float, Field(gt=0, lt=0.5, allow_inf_nan=False)] | None = 0.01
+    notify: Annotated[str, StringConstraints(max_length=2048)] | None = None
+
+    @field_validator("notify")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, sep, rest = value.partition("://")
+        host = rest.split("/", 1)[0]
+        if (
+            not sep
+            or scheme not in ("http", "https")
+            or not host
+            or any(c.isspace() for c in value)
+        ):
+            raise ValueError(
+                "must be an http:// or https:// webhook URL, e.g. https://hooks.slack.com/..."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _short_within_long(self) -> Guardrails:
+        # Only when set explicitly: an older document with a window under 10 s stays valid.
+        if "short_window_seconds" in self.model_fields_set and (
+            self.short_window_seconds > self.window_seconds
+        ):
+            raise ValueError(
+                f"guardrails.short_window_seconds ({self.short_window_seconds:g}) must not exceed "
+                f"window_seconds ({self.window_seconds:g})"
+            )
+        return self
 
 
 class FlagSpec(_Strict):
@@ -237,6 +282,14 @@ class FlagSpec(_Strict):
         ]
         if self.ramp is not None and self.ramp.variant == self.default_variant:
             issues.append("ramp.variant: ramp a candidate, not the default variant")
+        if self.ramp is not None and self.ramp.rule is not None:  # rollout: the ramp's rule
+            named = [r for r in self.rules if r.name == self.ramp.rule]
+            if not named or named[0].split is None:
+                with_split = sorted(r.name for r in self.rules if r.name and r.split is not None)
+                issues.append(
+                    f"ramp.rule: no rule named {self.ramp.rule!r} with a split "
+                    f"(rules with a split: {', '.join(with_split) or 'none'})"
+                )
         if self.shadow is not None and self.shadow.variant == self.default_variant:
             issues.append(
                 "shadow.variant: shadowing the default variant would compare it with itself"

@@ -56,8 +56,13 @@ class TritonPythonModel:
         # A test can make one version slow (build_python_backend_repository(delays=...)).
         delay = config["parameters"].get("sleep_seconds_v" + args["model_version"], {})
         self.sleep_s = float(delay.get("string_value", "0"))
+        # ... or fail on demand: while this file exists (build_python_backend_repository(fail_files=...)).
+        fail = config["parameters"].get("fail_file_v" + args["model_version"], {})
+        self.fail_file = fail.get("string_value", "")
 
     def execute(self, requests):
+        if self.fail_file and os.path.exists(self.fail_file):
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")) for _ in requests]
         if self.sleep_s:
             time.sleep(self.sleep_s)
         responses = []
@@ -99,9 +104,11 @@ def build_python_backend_repository(
     *,
     max_batch_size: int = 64,
     delays: Mapping[int, float] | None = None,
+    fail_files: Mapping[int, Path] | None = None,
 ) -> Path:
     """Write ``dest/digits`` serving ``triton_models/digits/<v>/model.onnx`` for ``versions``;
-    ``delays`` makes a version sleep that many seconds per batch (a slow candidate)."""
+    ``delays`` makes a version sleep that many seconds per batch (a slow candidate);
+    ``fail_files`` makes a version fail every request while that file exists."""
     source = MODELS / MODEL_NAME
     model_dir = dest / MODEL_NAME
     for version in versions:
@@ -119,6 +126,10 @@ def build_python_backend_repository(
         + "".join(
             f'parameters {{ key: "sleep_seconds_v{v}" value: {{ string_value: "{d}" }} }}\n'
             for v, d in (delays or {}).items()
+        )
+        + "".join(
+            f'parameters {{ key: "fail_file_v{v}" value: {{ string_value: "{f}" }} }}\n'
+            for v, f in (fail_files or {}).items()
         )
     )
     return dest
