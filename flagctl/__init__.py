@@ -20,6 +20,9 @@ Register = Callable[[click.Group], None]
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
     registrations: list[Register] = []
+    from rollout import golden_cli  # the golden-set gate: flagctl golden FLAG
+
+    registrations.append(golden_cli.register)
     return registrations
 
 

@@ -38,6 +38,7 @@ from sidecar.readiness import VersionReadiness, default_targets, flag_targets, k
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
+from sidecar.shadow import ShadowMetrics, ShadowObserver
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
 from sidecar.tracing import TracingObserver
@@ -67,9 +68,14 @@ def build_source(settings: Settings, store: FlagStore) -> FlagSource:
 
 
 def build_observers(
-    metrics: SidecarMetrics, tracer_provider: TracerProvider, *, tracing: bool, trace_user_id: bool
+    metrics: SidecarMetrics,
+    tracer_provider: TracerProvider,
+    *,
+    tracing: bool,
+    trace_user_id: bool,
+    extra: tuple[Observer, ...] = (),
 ) -> Observer:
-    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog()]
+    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
     if tracing:
         observers.append(
             TracingObserver(
@@ -100,6 +106,7 @@ class Sidecar:
     serving: bool = False
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
+    shadow: ShadowObserver | None = None
 
     @classmethod
     def build(
@@ -122,11 +129,15 @@ class Sidecar:
         metrics.watch_breaker(breaker)
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
+        shadow = ShadowObserver(  # signals: pass recorder=<the SignalRecorder> once merged
+            store, backend, ShadowMetrics(metrics.registry), timeout_s=settings.shadow_timeout_s
+        )
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
+            extra=(shadow,),
         )
         router = Router(
             store,
@@ -154,6 +165,7 @@ class Sidecar:
             provider,
             metrics,
             readiness,
+            shadow=shadow,
         )
 
     def _rules(self) -> SubjectRules:
@@ -300,5 +312,7 @@ class Sidecar:
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
         await self.source.close()
+        if self.shadow is not None:  # before the backend closes under its calls
+            await self.shadow.close()
         await self.backend.close()
         self.tracer_provider.shutdown()

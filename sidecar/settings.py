@@ -100,6 +100,9 @@ class Settings:
         "stop sending before the listener closes",
     )
     grace_s: float = _setting(5.0, "then wait this long for in-flight requests to finish")
+    shadow_timeout_s: float = _setting(
+        5.0, "deadline of each shadow call (flags' shadow sections; off the request path)"
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING, ERROR")
 
     def stable_versions(self) -> dict[str, str]:
