@@ -39,6 +39,7 @@ from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
 from sidecar.shadow import ShadowMetrics, ShadowObserver
+from sidecar.signal_recorder import SignalRecorder, build_signal_recorder
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
 from sidecar.tracing import TracingObserver
@@ -73,9 +74,11 @@ def build_observers(
     *,
     tracing: bool,
     trace_user_id: bool,
+    signals: SignalRecorder | None = None,
     extra: tuple[Observer, ...] = (),
 ) -> Observer:
     observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
+    observers += [signals] if signals is not None else []  # fleet-wide signals (docs/rollouts.md)
     if tracing:
         observers.append(
             TracingObserver(
@@ -106,6 +109,7 @@ class Sidecar:
     serving: bool = False
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
+    signals: SignalRecorder | None = None  # flushes per-version signals to Redis while running
     shadow: ShadowObserver | None = None
 
     @classmethod
@@ -129,14 +133,20 @@ class Sidecar:
         metrics.watch_breaker(breaker)
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
-        shadow = ShadowObserver(  # signals: pass recorder=<the SignalRecorder> once merged
-            store, backend, ShadowMetrics(metrics.registry), timeout_s=settings.shadow_timeout_s
+        signals = build_signal_recorder(settings, metrics)
+        shadow = ShadowObserver(
+            store,
+            backend,
+            ShadowMetrics(metrics.registry),
+            recorder=signals,
+            timeout_s=settings.shadow_timeout_s,
         )
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
+            signals=signals,
             extra=(shadow,),
         )
         router = Router(
@@ -165,6 +175,7 @@ class Sidecar:
             provider,
             metrics,
             readiness,
+            signals=signals,
             shadow=shadow,
         )
 
@@ -185,6 +196,8 @@ class Sidecar:
             FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
             self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
         await self.source.start()
+        if self.signals is not None:
+            self.signals.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=(ErrorInterceptor(self._count_error),),
@@ -311,8 +324,10 @@ class Sidecar:
             await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
-        await self.source.close()
         if self.shadow is not None:  # before the backend closes under its calls
             await self.shadow.close()
+        if self.signals is not None:  # after the last request: its second is flushed too
+            await self.signals.close()
+        await self.source.close()
         await self.backend.close()
         self.tracer_provider.shutdown()
