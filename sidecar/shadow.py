@@ -15,7 +15,7 @@ Rules:
 - sampled per request with ``random.random() < percent / 100`` (an injectable ``random.Random``):
   independent of user, request content and arrival pattern, so the mirrored traffic is a fair
   sample of all of the flag's traffic and a periodic client cannot alias with it;
-- skipped (and counted) when the request failed, when it was pinned (golden sets, debugging: not
+- a sampled request is skipped (and counted) when it failed, when it was pinned (golden sets, debugging: not
   real traffic), and when the version that served it IS the shadow version;
 - at most ``shadow.max_concurrency`` shadow calls in flight per flag in this sidecar; a sampled
   request beyond that is dropped and counted, never queued;
@@ -58,6 +58,7 @@ log = logging.getLogger("sidecar.shadow")
 # Window results of compared shadow calls (the other results are error kinds).
 AGREE = "AGREE"
 DISAGREE = "DISAGREE"
+DROPPED = "dropped"
 
 # Log-spaced from 1e-7 to 1e3: float noise between engines up to a regression's real drift.
 DIFF_BUCKETS = tuple(10.0**e for e in range(-7, 4))
@@ -111,8 +112,7 @@ class ShadowMetrics:
         )
         self.skipped = Counter(
             "trafficsplit_shadow_skipped",
-            "Requests of a shadowed flag not mirrored (reason: failed | pinned | "
-            "served_is_shadow).",
+            "Sampled requests not mirrored (reason: failed | pinned | served_is_shadow).",
             ("flag", "reason"),
             registry=r,
         )
@@ -153,7 +153,7 @@ class ShadowObserver(Observer):
         self._random = (rng or random.Random()).random
         self._in_flight: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._skipped: dict[tuple[str, str], Any] = {}
+        self._not_mirrored: dict[tuple[str, str], Any] = {}
         self.metrics.registry.register(_InFlightCollector(self._in_flight))
 
     def in_flight(self, flag: str) -> int:
@@ -167,20 +167,19 @@ class ShadowObserver(Observer):
         spec = flag.spec.shadow
         if spec is None or spec.percent <= 0:
             return
+        if self._random() * 100.0 >= spec.percent:  # drawn first: the common case stops here
+            return None
         target = Hop.of(flag.spec.variants[spec.variant])
         if outcome.status != "OK" or exchange.response is None or exchange.call is None:
-            return self._skip(assignment.flag, "failed")
+            return self._count(assignment.flag, "failed")
         if assignment.membership is Membership.PINNED:
-            return self._skip(assignment.flag, "pinned")
+            return self._count(assignment.flag, "pinned")
         served = assignment.served
         if served.model == target.model and assignment.served_version == target.version:
-            return self._skip(assignment.flag, "served_is_shadow")
-        if self._random() * 100.0 >= spec.percent:
-            return None
+            return self._count(assignment.flag, "served_is_shadow")
         in_flight = self._in_flight.get(assignment.flag, 0)
         if in_flight >= spec.max_concurrency:
-            self.metrics.dropped.labels(assignment.flag).inc()
-            return None
+            return self._count(assignment.flag, DROPPED)
         self._in_flight[assignment.flag] = in_flight + 1
         task = asyncio.get_running_loop().create_task(
             self._mirror(
@@ -202,10 +201,14 @@ class ShadowObserver(Observer):
         self._tasks.discard(task)
         self._in_flight[flag] -= 1
 
-    def _skip(self, flag: str, reason: str) -> None:
-        child = self._skipped.get((flag, reason))
+    def _count(self, flag: str, reason: str) -> None:
+        """Count a sampled request that was not mirrored (label children cached: a
+        ``labels()`` call costs a lock and a tuple)."""
+        child = self._not_mirrored.get((flag, reason))
         if child is None:
-            child = self._skipped[(flag, reason)] = self.metrics.skipped.labels(flag, reason)
+            metric = self.metrics.dropped.labels(flag) if reason == DROPPED else None
+            child = metric or self.metrics.skipped.labels(flag, reason)
+            self._not_mirrored[(flag, reason)] = child
         child.inc()
 
     async def _mirror(
