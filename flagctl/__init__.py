@@ -20,9 +20,11 @@ Register = Callable[[click.Group], None]
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
     registrations: list[Register] = []
+    from rollout import golden_cli  # the golden-set gate: flagctl golden FLAG
     from rollout.cli import register as rollout_register  # rollout: flagctl rollout ...
 
     registrations.append(rollout_register)
+    registrations.append(golden_cli.register)
     return registrations
 
 

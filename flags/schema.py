@@ -185,6 +185,32 @@ class Shadow(_Strict):
     variant: Name
     percent: Percent
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 8
+    # How the sidecar compares the two answers (docs/rollouts.md, "Shadow traffic").
+    compare: Literal["auto", "label", "argmax", "max_abs_diff"] = "auto"
+    output: NonEmptyStr | None = None  # the output tensor to compare (default: see `compare`)
+    tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1e-4  # max_abs_diff mode
+    # Shadow health the rollout controller requires before the first ramp step (0 / 1: off).
+    min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    min_compared: Annotated[int, Field(ge=0, le=1_000_000_000)] = 100
+
+
+class Golden(_Strict):
+    """The golden-set gate: the model's fixed inputs and labels run through both versions
+    before the first ramp step (docs/rollouts.md, "Golden-set gate")."""
+
+    # Relative to the model repository, or absolute; default: <model>/golden.npz.
+    file: NonEmptyStr | None = None
+    max_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.01
+    output: NonEmptyStr | None = None  # the output holding the predicted label (default: auto)
+    labels: NonEmptyStr = "labels"  # the array of expected labels in the file
+
+    @field_validator("file")
+    @classmethod
+    def _npz_file(cls, file: str | None) -> str | None:
+        if file is not None and ("\x00" in file or not file.endswith(".npz")):
+            raise ValueError("must name a .npz file (numpy.savez), e.g. digits/golden.npz")
+        return file
 
 
 class Guardrails(_Strict):
@@ -253,6 +279,7 @@ class FlagSpec(_Strict):
     ramp: Ramp | None = None
     shadow: Shadow | None = None
     guardrails: Guardrails | None = None
+    golden: Golden | None = None
     updated_at: str | None = None
     updated_by: str | None = None
 

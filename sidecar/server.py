@@ -38,6 +38,7 @@ from sidecar.readiness import VersionReadiness, default_targets, flag_targets, k
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
+from sidecar.shadow import ShadowMetrics, ShadowObserver
 from sidecar.signal_recorder import SignalRecorder, build_signal_recorder
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
@@ -74,8 +75,9 @@ def build_observers(
     tracing: bool,
     trace_user_id: bool,
     signals: SignalRecorder | None = None,
+    extra: tuple[Observer, ...] = (),
 ) -> Observer:
-    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog()]
+    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
     observers += [signals] if signals is not None else []  # fleet-wide signals (docs/rollouts.md)
     if tracing:
         observers.append(
@@ -108,6 +110,7 @@ class Sidecar:
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
     signals: SignalRecorder | None = None  # flushes per-version signals to Redis while running
+    shadow: ShadowObserver | None = None
 
     @classmethod
     def build(
@@ -131,12 +134,20 @@ class Sidecar:
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
         signals = build_signal_recorder(settings, metrics)
+        shadow = ShadowObserver(
+            store,
+            backend,
+            ShadowMetrics(metrics.registry),
+            recorder=signals,
+            timeout_s=settings.shadow_timeout_s,
+        )
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
             signals=signals,
+            extra=(shadow,),
         )
         router = Router(
             store,
@@ -165,6 +176,7 @@ class Sidecar:
             metrics,
             readiness,
             signals=signals,
+            shadow=shadow,
         )
 
     def _rules(self) -> SubjectRules:
@@ -312,6 +324,8 @@ class Sidecar:
             await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
+        if self.shadow is not None:  # before the backend closes under its calls
+            await self.shadow.close()
         if self.signals is not None:  # after the last request: its second is flushed too
             await self.signals.close()
         await self.source.close()

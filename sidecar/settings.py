@@ -116,6 +116,9 @@ class Settings:
         "while Redis is unavailable, keep at most this many (flag, second) entries of signals; "
         "older ones are dropped and counted in trafficsplit_signal_dropped_total",
     )
+    shadow_timeout_s: float = _setting(
+        5.0, "deadline of each shadow call (flags' shadow sections; off the request path)"
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING, ERROR")
 
     def stable_versions(self) -> dict[str, str]:

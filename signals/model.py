@@ -34,7 +34,8 @@ class Group(enum.StrEnum):
 # Attempt results that are not the version's failure: the caller's bad input, the caller
 # leaving. Everything else that is not "OK" is (a fallback or an open circuit counts against the
 # version that was attempted, even though the user was served).
-NOT_A_FAILURE = frozenset({"OK", "INVALID_ARGUMENT", "CANCELLED"})
+# Shadow calls record how their answer compared (AGREE / DISAGREE): answered, so not failures.
+NOT_A_FAILURE = frozenset({"OK", "INVALID_ARGUMENT", "CANCELLED", "AGREE", "DISAGREE"})
 
 
 @dataclass(frozen=True, slots=True)
