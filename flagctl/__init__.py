@@ -19,7 +19,9 @@ Register = Callable[[click.Group], None]
 
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
-    registrations: list[Register] = []
+    from experiments import cli as experiments_cli
+
+    registrations: list[Register] = [experiments_cli.register]
     return registrations
 
 

@@ -27,6 +27,7 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendError, InferenceBackend, RawInferenceBackend
 from sidecar.circuit import CircuitBreaker
+from sidecar.events import EventRecording
 from sidecar.fallback import FallbackPolicy
 from sidecar.interceptor import ErrorInterceptor
 from sidecar.kserve_facade import KServeFacade
@@ -67,9 +68,14 @@ def build_source(settings: Settings, store: FlagStore) -> FlagSource:
 
 
 def build_observers(
-    metrics: SidecarMetrics, tracer_provider: TracerProvider, *, tracing: bool, trace_user_id: bool
+    metrics: SidecarMetrics,
+    tracer_provider: TracerProvider,
+    *,
+    tracing: bool,
+    trace_user_id: bool,
+    extra: tuple[Observer, ...] = (),
 ) -> Observer:
-    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog()]
+    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
     if tracing:
         observers.append(
             TracingObserver(
@@ -93,6 +99,7 @@ class Sidecar:
     tracer_provider: TracerProvider
     metrics: SidecarMetrics
     readiness: VersionReadiness
+    events: EventRecording | None = None
     server: grpc.aio.Server | None = None
     metrics_address: str = ""
     health: health.aio.HealthServicer | None = None
@@ -122,11 +129,14 @@ class Sidecar:
         metrics.watch_breaker(breaker)
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
+        events = EventRecording.build(settings, store)  # exposures and Track (sidecar.events)
+        events.watch(metrics.registry)
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
+            extra=events.observers,
         )
         router = Router(
             store,
@@ -154,6 +164,7 @@ class Sidecar:
             provider,
             metrics,
             readiness,
+            events,
         )
 
     def _rules(self) -> SubjectRules:
@@ -173,6 +184,8 @@ class Sidecar:
             FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
             self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
         await self.source.start()
+        if self.events is not None:
+            await self.events.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=(ErrorInterceptor(self._count_error),),
@@ -192,7 +205,8 @@ class Sidecar:
             serving=lambda: self.serving,
         )
         server.add_generic_rpc_handlers((facade.handler(),))
-        pb_grpc.add_TrafficSplitServicer_to_server(NativeService(self.router, rules), server)  # type: ignore[no-untyped-call]
+        native = NativeService(self.router, rules, self.events)
+        pb_grpc.add_TrafficSplitServicer_to_server(native, server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -300,5 +314,7 @@ class Sidecar:
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
         await self.source.close()
+        if self.events is not None:
+            await self.events.close()  # writes what is buffered
         await self.backend.close()
         self.tracer_provider.shutdown()

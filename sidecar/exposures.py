@@ -1,0 +1,114 @@
+"""Exposure recording: the observer that notes, once per (experiment, user, variant), that a user
+in an experiment was served.
+
+Only requests settled OK whose membership is ``exposed`` (a split chose the variant) count, and
+only for flags with an ``experiment`` section. The variant recorded is the cohort (intention to
+treat), with the version that actually served beside it (the default's, after a fallback).
+
+Cost on the request path: a tuple hash and one or two set look-ups; a new exposure adds one
+frozen value appended to the sink's buffer. No I/O: the sink flushes in batches (see
+:mod:`experiments.events.sinks`).
+
+Deduplication is bounded: two generations of at most ``capacity`` hashed keys each. When the
+current generation is full it becomes the previous one and the old previous is dropped, so
+memory stays under 2 x capacity keys (about 70 bytes each) and a key seen in either generation
+is not recorded again. A user not seen for ``capacity`` new exposures may be recorded again, and
+a restarted sidecar starts empty: such duplicates cost one stream entry each and collapse at
+ingestion, which deduplicates by (experiment, user, variant) and keeps the first time seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from experiments.events.model import Exposure
+from experiments.events.sinks import EventSink
+from flags.compiled import CompiledFlag
+from flags.experiment_plan import experiment_id
+from flags.store import FlagStore
+from sidecar.observers import Exchange, Observer
+from sidecar.outcome import RequestOutcome
+from sidecar.plan import Membership
+
+DEFAULT_DEDUPE_CAPACITY = 100_000
+
+_Info = tuple[str, tuple[str, ...]] | None  # (experiment id, segment attributes) or no experiment
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ExposureRecorder(Observer):
+    def __init__(
+        self,
+        store: FlagStore,
+        sink: EventSink,
+        *,
+        capacity: int = DEFAULT_DEDUPE_CAPACITY,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self._store = store
+        self._sink = sink
+        self._capacity = max(1, capacity)
+        self._clock_ms = clock_ms
+        self._current: set[int] = set()
+        self._previous: set[int] = set()
+        self._flags: dict[str, tuple[CompiledFlag, _Info]] = {}
+        self.recorded = 0
+        self.suppressed = 0  # duplicates not recorded
+
+    def on_settled(self, exchange: Exchange, outcome: RequestOutcome) -> None:
+        plan = outcome.assignment.plan
+        if plan.membership is not Membership.EXPOSED or outcome.status != "OK":
+            return
+        info = self._experiment(plan.flag)
+        if info is None:
+            return
+        experiment, segments = info
+        subject = exchange.subject
+        key = hash((experiment, subject.id, plan.variant))
+        if key in self._current:
+            self.suppressed += 1
+            return
+        seen_before = key in self._previous
+        self._remember(key)  # may rotate the generations: look in the previous one first
+        if seen_before:
+            self.suppressed += 1
+            return
+        attributes = subject.attributes
+        self.recorded += 1
+        self._sink.record(
+            Exposure(
+                experiment=experiment,
+                flag=plan.flag,
+                user_id=subject.id,
+                variant=plan.variant,
+                version=outcome.assignment.served_version,
+                time_ms=self._clock_ms(),
+                segments=tuple((s, str(attributes[s])) for s in segments if s in attributes),
+            )
+        )
+
+    def _remember(self, key: int) -> None:
+        if len(self._current) >= self._capacity:
+            self._previous = self._current
+            self._current = set()
+        self._current.add(key)
+
+    def _experiment(self, flag_key: str) -> _Info:
+        """The flag's experiment id and segments, computed once per flag revision."""
+        flag = self._store.snapshot.get(flag_key)
+        if flag is None:
+            return None
+        cached = self._flags.get(flag_key)
+        if cached is not None and cached[0] is flag:
+            return cached[1]
+        spec = flag.spec
+        plan = spec.experiment
+        info: _Info = None
+        if plan is not None:
+            info = (experiment_id(spec.key, spec.salt, plan), tuple(plan.segments))
+        self._flags[flag_key] = (flag, info)
+        return info
