@@ -40,6 +40,11 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rollback": ("bench.rollback", {"rounds": 5}, {"rounds": 2}),
     "embedded": ("bench.embedded", {"rounds": 5}, {"rounds": 2, "quick": True}),
     "soak": ("bench.soak", {"duration_s": 600.0}, {"duration_s": 20.0}),
+    "experiments": (
+        "bench.experiments",
+        {"requests": 200_000, "rounds": 5, "track_calls": 5_000, "ingest_users": 500_000},
+        {"requests": 50_000, "rounds": 2, "track_calls": 1_000, "ingest_users": 20_000},
+    ),
 }
 
 

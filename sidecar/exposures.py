@@ -79,17 +79,22 @@ class ExposureRecorder(Observer):
             return
         attributes = subject.attributes
         self.recorded += 1
-        self._sink.record(
-            Exposure(
-                experiment=experiment,
-                flag=plan.flag,
-                user_id=subject.id,
-                variant=plan.variant,
-                version=outcome.assignment.served_version,
-                time_ms=self._clock_ms(),
-                segments=tuple((s, str(attributes[s])) for s in segments if s in attributes),
-            )
+        # tuple.__new__ skips the NamedTuple's Python-level __new__ (~250 ns on this path).
+        exposure: Exposure = tuple.__new__(
+            Exposure,
+            (
+                experiment,
+                plan.flag,
+                subject.id,
+                plan.variant,
+                outcome.assignment.served_version,
+                self._clock_ms(),
+                tuple([(s, str(attributes[s])) for s in segments if s in attributes])
+                if segments
+                else (),
+            ),
         )
+        self._sink.record(exposure)
 
     def _remember(self, key: int) -> None:
         if len(self._current) >= self._capacity:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 EXPOSURE = "exposure"
 OUTCOME = "outcome"
@@ -24,8 +24,9 @@ class EventDecodeError(ValueError):
     """A stored event that is not one of ours (hand-written, truncated, another version)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Exposure:
+class Exposure(NamedTuple):
+    """Immutable (a NamedTuple: built on the request path, 4x cheaper than a frozen dataclass)."""
+
     experiment: str
     flag: str
     user_id: str
@@ -52,8 +53,7 @@ class Exposure:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     event_id: str
     experiment: str
     flag: str

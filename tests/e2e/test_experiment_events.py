@@ -222,3 +222,43 @@ def test_a_redis_outage_past_the_bound_counts_drops(
             wait_until(lambda: _scrape(url).get("trafficsplit_events_written_total") == 6.0,
                        timeout=15, what="the buffered exposures written after Redis returned")  # fmt: skip
     assert events.stream_length(events.keys.exposures) == 5
+
+
+def test_without_redis_events_go_to_a_file_and_ingest_from_it(tmp_path: Path) -> None:
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps(experiment_flag(candidate=50)))
+    events_file = tmp_path / "events.jsonl"
+    args = ["--flags-file", str(flags_file), "--events-flush-interval-s", "0.05"]
+    sidecar_args = [*args, "--events-file", str(events_file)]
+    with SidecarProcess(sidecar_args) as sidecar, grpc.insecure_channel(sidecar.address) as channel:
+        stub = pb_grpc.TrafficSplitStub(channel)
+        for i in range(10):
+            infer(stub, f"u{i}")
+            track(stub, user_id=f"u{i}", metric="correct", value=i % 2)
+    assert len(events_file.read_text().splitlines()) == 20  # everything flushed at shutdown
+    db = str(tmp_path / "x.duckdb")
+
+    def flagctl(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flagctl", *a], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+
+    for _ in range(2):  # the second run reads from where the first stopped: nothing new
+        flagctl(
+            "experiments", "ingest", "--no-redis", "--events-file", str(events_file), "--db", db
+        )
+    out = flagctl("experiments", "summary", "digits", "--flags-file", str(flags_file), "--db", db,
+                  "--json")  # fmt: skip
+    summary = json.loads(out.stdout)
+    assert sum(summary["users"].values()) == 10
+    assert sum(s["sum"] for s in summary["metrics"]["correct"].values()) == 5.0
+
+
+def test_track_on_a_sidecar_that_records_nothing_is_a_failed_precondition(tmp_path: Path) -> None:
+    with (
+        SidecarProcess(["--events", "off"]) as sidecar,
+        grpc.insecure_channel(sidecar.address) as ch,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        track(pb_grpc.TrafficSplitStub(ch), user_id="u1", metric="correct", value=1)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "--events-file" in (caught.value.details() or "")
