@@ -52,6 +52,14 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _fields(raw: dict[Any, Any]) -> dict[str, str]:
+    """A stream entry as text (the fast path: what our sinks wrote is valid UTF-8)."""
+    try:
+        return {k.decode(): v.decode() for k, v in raw.items()}
+    except (AttributeError, UnicodeDecodeError):  # a client that decodes, or bytes from a stranger
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
 def ingest_redis(
     store: ExperimentStore,
     client: Any,
@@ -74,7 +82,7 @@ def ingest_redis(
             events: list[Event] = []
             for _entry_id, fields in entries:
                 try:
-                    events.append(decode({_text(k): _text(v) for k, v in fields.items()}))
+                    events.append(decode(_fields(fields)))
                 except EventDecodeError as exc:
                     report.malformed += 1
                     if report.malformed == 1:
