@@ -24,8 +24,8 @@ import grpc
 
 from bench.common import ROOT, RedisServer
 from bench.report import Metric, PartReport
-from experiments.events.model import Event, Exposure, Outcome
-from experiments.events.sinks import EventKeys, FileSink
+from experiments.events.model import FIELD, Event, Exposure, Outcome
+from experiments.events.sinks import EventKeys, FileSink, RedisStreamSink
 from experiments.ingest import ingest_redis
 from experiments.store import ExperimentStore
 from flags import Subject
@@ -46,6 +46,7 @@ PREFIX = "bench-exp:"
 NOOP, RETURNING, NEW = "no-op observer", "ExposureRecorder, returning users", "ExposureRecorder, new users"  # fmt: skip
 ASSIGN, TRACK = "Assign RPC (baseline)", "Track RPC"
 INGEST = "ingest Redis → DuckDB"
+FLUSH = "sidecar flush to Redis (off the request path)"
 
 
 def experiment_flag() -> dict[str, object]:
@@ -61,12 +62,17 @@ def experiment_flag() -> dict[str, object]:
     return doc
 
 
-def _per_call_ns(observer: Observer, store: FlagStore, users: int, n: int) -> float:
+def _per_call_ns(
+    observer: Observer, store: FlagStore, users: int, n: int, sink: FileSink | None = None
+) -> float:
     """Each request as the router makes it (a fresh Subject from the caller's user id, the
     plan, the Exchange, the settled outcome), then ``on_settled``: the per-request work is the
-    same for every row, so the difference between rows is the observer's own cost."""
+    same for every row, so the difference between rows is the observer's own cost. Every 1,000
+    requests the sink's buffer is emptied, as its flush (off the request path) would."""
     start = time.perf_counter_ns()
     for i in range(n):
+        if sink is not None and i % 1000 == 0:
+            sink.buffer.clear()
         subject = Subject(f"user-{i % users}", {"tier": "pro"})
         plan = plan_route(store.snapshot, "digits", "", subject)
         exchange = Exchange("ModelInfer", "digits", subject, (), 0.0)
@@ -82,14 +88,15 @@ def measure_recording(part: PartReport, requests: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
             noop = Observers([Observer()])
-            warm = ExposureRecorder(store, FileSink(Path(tmp) / "x", max_buffer=10**9))
-            _per_call_ns(Observers([warm]), store, returning_users, returning_users)  # seen once
-            fresh = ExposureRecorder(store, FileSink(Path(tmp) / "y", max_buffer=10**9))
-            base = _per_call_ns(noop, store, requests, requests)
+            sink = FileSink(Path(tmp) / "x", max_buffer=10**9)
+            warm = ExposureRecorder(store, sink)
+            _per_call_ns(Observers([warm]), store, returning_users, returning_users, sink)
+            fresh = ExposureRecorder(store, sink)
+            base = _per_call_ns(noop, store, requests, requests, sink)
             rows = {
                 NOOP: base,
-                RETURNING: _per_call_ns(Observers([warm]), store, returning_users, requests),
-                NEW: _per_call_ns(Observers([fresh]), store, requests, requests),
+                RETURNING: _per_call_ns(Observers([warm]), store, returning_users, requests, sink),
+                NEW: _per_call_ns(Observers([fresh]), store, requests, requests, sink),
             }
             for row, ns in rows.items():
                 part.add(row, "us_per_request", ns / 1000)
@@ -131,6 +138,31 @@ def measure_track(part: PartReport, redis: RedisServer, calls: int, rounds: int)
     part.info[TRACK] = {"outcomes_in_stream": int(tracked), "expected": calls * rounds}
 
 
+def measure_flush(part: PartReport, redis: RedisServer, events: int, rounds: int) -> None:
+    """CPU per event of the sink's batched write (encode + pipelined XADD), which runs on the
+    sidecar's event loop between requests: it costs CPU, not request latency."""
+    keys = EventKeys(PREFIX + "flush:")
+    batch = [
+        Exposure("digits", "digits", f"user-{i}", "control", "1", 1_767_225_600_000 + i,
+                 (("tier", "pro"),))
+        for i in range(events)
+    ]  # fmt: skip
+
+    async def one_round() -> float:
+        sink = RedisStreamSink(redis.url, keys=keys, max_buffer=events)
+        for event in batch:
+            sink.record(event)
+        start = time.perf_counter_ns()
+        assert await sink.flush()
+        elapsed = time.perf_counter_ns() - start
+        await sink.close()
+        return elapsed / events / 1000
+
+    for _ in range(rounds):
+        part.add(FLUSH, "us_per_request", asyncio.run(one_round()))
+        redis.client().delete(keys.exposures)
+
+
 def measure_ingestion(part: PartReport, redis: RedisServer, users: int) -> None:
     keys = EventKeys(PREFIX + "ingest:")
     client = redis.client()
@@ -145,7 +177,7 @@ def measure_ingestion(part: PartReport, redis: RedisServer, users: int) -> None:
             Outcome(f"l{i}", "digits", "digits", f"user-{i}", "latency_ms", 3.5, t0 + i + 6),
         ]  # fmt: skip
         for event in events:
-            pipe.xadd(keys.stream_of(event), event.fields())
+            pipe.xadd(keys.stream_of(event), {FIELD: event.encode()})
         if len(pipe) >= 15_000:
             pipe.execute()
     pipe.execute()
@@ -200,6 +232,7 @@ def run(*, requests: int = 200_000, rounds: int = 5, track_calls: int = 5_000,
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         redis = RedisServer(Path(tmp)).start()
         try:
+            measure_flush(part, redis, 20_000, rounds)
             measure_track(part, redis, track_calls, rounds)
             measure_ingestion(part, redis, ingest_users)
         finally:

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from experiments.aggregates import RatioStats, Stats
-from experiments.events.model import Outcome
+from experiments.events.model import FIELD, Outcome
 from experiments.events.sinks import DEFAULT_STREAM_MAX_LEN, EventKeys
 from experiments.events.validate import InvalidEvent, outcome_from
 from experiments.ingest import IngestReport, ingest_file, ingest_redis
@@ -138,7 +138,8 @@ def _write(ctx: flags_cli.Context, outcomes: list[Outcome]) -> None:
         for start in range(0, len(outcomes), WRITE_BATCH):
             pipe = client.pipeline(transaction=False)
             for o in outcomes[start : start + WRITE_BATCH]:
-                pipe.xadd(stream, o.fields(), maxlen=DEFAULT_STREAM_MAX_LEN, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(stream, {FIELD: o.encode()}, maxlen=DEFAULT_STREAM_MAX_LEN,
+                          approximate=True)  # fmt: skip
             pipe.execute()
     finally:
         client.close()

@@ -8,19 +8,19 @@ that a no-op. Entries that are not well-formed events are counted, logged once a
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.events.model import Event, EventDecodeError, decode
+from experiments.events.model import FIELD, Event, EventDecodeError, decode
 from experiments.events.sinks import EventKeys
 from experiments.store import ExperimentStore
 
 log = logging.getLogger("experiments.ingest")
 CHUNK = 20_000
+FIELD_BYTES = FIELD.encode()
 
 
 @dataclass
@@ -52,12 +52,12 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _fields(raw: dict[Any, Any]) -> dict[str, str]:
-    """A stream entry as text (the fast path: what our sinks wrote is valid UTF-8)."""
-    try:
-        return {k.decode(): v.decode() for k, v in raw.items()}
-    except (AttributeError, UnicodeDecodeError):  # a client that decodes, or bytes from a stranger
-        return {_text(k): _text(v) for k, v in raw.items()}
+def _payload(fields: dict[Any, Any]) -> str | bytes:
+    """The event of a stream entry: its one field ``e`` (bytes, or text if the client decodes)."""
+    value = fields.get(FIELD_BYTES, fields.get(FIELD))
+    if value is None:
+        raise EventDecodeError(f"no field {FIELD!r}")
+    return value  # type: ignore[no-any-return]
 
 
 def ingest_redis(
@@ -82,7 +82,7 @@ def ingest_redis(
             events: list[Event] = []
             for _entry_id, fields in entries:
                 try:
-                    events.append(decode(_fields(fields)))
+                    events.append(decode(_payload(fields)))
                 except EventDecodeError as exc:
                     report.malformed += 1
                     if report.malformed == 1:
@@ -121,11 +121,8 @@ def ingest_file(
             for line in lines:
                 position += len(line)
                 try:
-                    data = json.loads(line)
-                    if not isinstance(data, dict):
-                        raise EventDecodeError("not an object")
-                    events.append(decode({str(k): str(v) for k, v in data.items()}))
-                except (ValueError, EventDecodeError) as exc:
+                    events.append(decode(line))
+                except EventDecodeError as exc:
                     report.malformed += 1
                     if report.malformed == 1:
                         log.warning("skipping a malformed line of %s: %s", path, exc)

@@ -12,8 +12,8 @@ key, outcomes by event id), so at-least-once is enough.
 Redis layout (prefix ``trafficsplit:`` by default), separate from the flag keys:
 
 =====================================  ======  =============================================
-``<prefix>events:exposures``           stream  one entry per exposure (fields: model.Exposure)
-``<prefix>events:outcomes``            stream  one entry per outcome (fields: model.Outcome)
+``<prefix>events:exposures``           stream  one entry per exposure: field ``e``, model's wire form
+``<prefix>events:outcomes``            stream  one entry per outcome: field ``e``, model's wire form
 =====================================  ======  =============================================
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -31,7 +30,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from experiments.events.model import Event, Exposure
+from experiments.events.model import FIELD, Event, Exposure
 from flags.redis_conn import async_client, redact
 
 log = logging.getLogger("experiments.events")
@@ -184,7 +183,7 @@ class RedisStreamSink(BufferedSink):
         for event in batch:
             pipe.xadd(
                 self.keys.stream_of(event),
-                event.fields(),  # type: ignore[arg-type]
+                {FIELD: event.encode()},
                 maxlen=self.stream_max_len,
                 approximate=True,
             )
@@ -209,7 +208,7 @@ class FileSink(BufferedSink):
         self.description = f"file {path}"
 
     async def _write(self, batch: Sequence[Event]) -> None:
-        text = "".join(json.dumps(e.fields(), separators=(",", ":")) + "\n" for e in batch)
+        text = "".join(e.encode() + "\n" for e in batch)
         await asyncio.to_thread(self._append, text)
 
     def _append(self, text: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from servers import RedisServer
 
-from experiments.events.model import Event, Exposure, Outcome
+from experiments.events.model import FIELD, Event, Exposure, Outcome
 from experiments.events.sinks import EventKeys, RedisStreamSink
 from experiments.ingest import ingest_redis
 from experiments.store import ExperimentStore
@@ -112,8 +112,8 @@ def test_ingestion_is_idempotent_trims_and_skips_garbage(
     client = redis_server.client()
     outcome = Outcome("k1", "e", "digits", "u1", "clicks", 2.0, T + 5)
     for event in [*exposures(0, 3), outcome, outcome]:  # a retried batch: the outcome twice
-        client.xadd(keys.stream_of(event), event.fields())  # type: ignore[arg-type]
-    client.xadd(keys.outcomes, {"kind": "outcome", "value": "nan"})  # hand-written garbage
+        client.xadd(keys.stream_of(event), {FIELD: event.encode()})
+    client.xadd(keys.outcomes, {FIELD: '["o","id","e","digits","u1","m",NaN,1]'})  # hand-written
     db = tmp_path / "events.duckdb"
     with ExperimentStore(db) as store:
         first = ingest_redis(store, client, keys, trim=False, chunk=2)

@@ -67,15 +67,20 @@ def test_bad_outcomes_are_refused_with_what_to_fix(overrides: dict[str, Any], me
 def test_events_round_trip_through_their_fields_and_garbage_is_refused() -> None:
     exposure = Exposure("e", "digits", "u1", "control", "1", NOW, (("tier", "pro"),))
     outcome = Outcome("id", "e", "digits", "u1", "correct", 0.5, NOW)
-    assert decode(exposure.fields()) == exposure
-    assert decode(outcome.fields()) == outcome
+    assert decode(exposure.encode()) == exposure
+    assert decode(outcome.encode().encode()) == outcome  # bytes, as Redis returns them
+    assert exposure.encode() == f'["x","e","digits","u1","control","1",{NOW},{{"tier":"pro"}}]'
     for bad in (
-        {},
-        {"kind": "exposure"},
-        {**outcome.fields(), "value": "nan"},
-        {**outcome.fields(), "time": "soon"},
-        {**exposure.fields(), "segments": "[1]"},
-        {**exposure.fields(), "kind": "click"},
+        "",
+        "{}",
+        '["x"]',
+        '["o","id","e","digits","u1","m",NaN,1]',
+        '["o","id","e","digits","u1","m",1e999,1]',
+        '["o","id","e","digits","u1","m",1,"soon"]',
+        '["x","e","digits","u1","control","1",1,[1]]',
+        '["x","e","digits","","control","1",1,{}]',
+        '["click","e","digits","u1","control","1",1,{}]',
+        b"\xff\xfe",
     ):
         with pytest.raises(EventDecodeError):
             decode(bad)
