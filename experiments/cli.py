@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 
 from experiments.aggregates import RatioStats, Stats
 from experiments.events.model import FIELD, Outcome
@@ -29,7 +30,7 @@ from experiments.ingest import IngestReport, ingest_file, ingest_redis
 from experiments.store import ExperimentStore
 from flags import cli as flags_cli
 from flags.experiment_plan import experiment_id
-from flags.redis_conn import sync_client
+from flags.redis_conn import sync_client, translate
 from flags.schema import FlagSpec, entry_key, load_flag_file_text, parse_flag
 
 DEFAULT_DB = "trafficsplit-experiments.duckdb"
@@ -141,6 +142,8 @@ def _write(ctx: flags_cli.Context, outcomes: list[Outcome]) -> None:
                 pipe.xadd(stream, {FIELD: o.encode()}, maxlen=DEFAULT_STREAM_MAX_LEN,
                           approximate=True)  # fmt: skip
             pipe.execute()
+    except RedisError as exc:
+        raise translate(exc, ctx.url) from exc
     finally:
         client.close()
 
@@ -248,6 +251,8 @@ def ingest(
             try:
                 ingest_redis(store, client, EventKeys(ctx.keys.prefix), trim=not no_trim,
                              report=report)  # fmt: skip
+            except RedisError as exc:  # what was committed before stays: ingestion resumes
+                raise translate(exc, ctx.url) from exc
             finally:
                 client.close()
         for path in files:
@@ -307,6 +312,8 @@ def summary(
     if spec.experiment is None:
         raise TrackInputError(f"flag {flag!r} has no `experiment` section")
     experiment = experiment_id(spec.key, spec.salt, spec.experiment)
+    if not db.exists():
+        raise TrackInputError(f"{db}: no such store; run `flagctl experiments ingest` first")
     with ExperimentStore(db) as store:
         exposures = store.exposure_summary(experiment)
         metrics = {

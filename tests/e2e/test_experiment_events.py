@@ -262,3 +262,21 @@ def test_track_on_a_sidecar_that_records_nothing_is_a_failed_precondition(tmp_pa
         track(pb_grpc.TrafficSplitStub(ch), user_id="u1", metric="correct", value=1)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "--events-file" in (caught.value.details() or "")
+
+
+def test_experiment_commands_fail_clearly(tmp_path: Path) -> None:
+    def flagctl(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "flagctl", "--redis-url",
+                               "redis://127.0.0.1:1/0", *a], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    db = str(tmp_path / "none.duckdb")
+    for args, message in (
+        (("experiments", "ingest", "--db", db), "cannot reach Redis at redis://127.0.0.1:1/0"),
+        (("experiments", "export", "--db", db + ".x", "--parquet", str(tmp_path)), "no such store"),
+        (("track", "digits", "u1", "correct", "1"), "cannot reach Redis"),
+        (("track", "digits", "u1"), "track needs FLAG USER_ID METRIC VALUE"),
+    ):
+        result = flagctl(*args)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
