@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv nginx clean
+.PHONY: test demo lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -46,12 +46,29 @@ $(TRITON_VENV)/.installed:
 
 triton-venv: $(TRITON_VENV)/.installed
 
+# The reference statistics engines the experiments tests and bench compare against: gbstats pins
+# numpy<2 and pandas<2, spotify-confidence pulls chartify and bokeh; neither constrains the project.
+GBSTATS_VENV := .venv-gbstats
+CONFIDENCE_VENV := .venv-confidence
+$(GBSTATS_VENV)/.installed:
+	@[ -x $(GBSTATS_VENV)/bin/python ] || $(PYTHON) -m venv $(GBSTATS_VENV)
+	$(GBSTATS_VENV)/bin/python -m pip install -q 'gbstats==0.8.0'
+	@touch $@
+
+$(CONFIDENCE_VENV)/.installed:
+	@[ -x $(CONFIDENCE_VENV)/bin/python ] || $(PYTHON) -m venv $(CONFIDENCE_VENV)
+	$(CONFIDENCE_VENV)/bin/python -m pip install -q 'spotify-confidence==4.1.0'
+	@touch $@
+
+gbstats-venv: $(GBSTATS_VENV)/.installed
+confidence-venv: $(CONFIDENCE_VENV)/.installed
+
 # Debian's nginx, the bench's reference proxy (the suite runs its own copy on a free loopback port).
 nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server triton-venv
+test: deps redis-server triton-venv gbstats-venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps
@@ -62,15 +79,15 @@ lint: deps
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: deps redis-server triton-venv nginx
+bench: deps redis-server triton-venv gbstats-venv confidence-venv nginx
 	$(PY) -m bench $(ARGS)
 
-bench-quick: deps redis-server triton-venv nginx
+bench-quick: deps redis-server triton-venv gbstats-venv confidence-venv nginx
 	$(PY) -m bench --quick $(ARGS)
 
 models: deps
 	$(PY) tools/build_models.py
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(PROTO_OUT) sidecar/_bundled build dist *.egg-info \
+	rm -rf $(VENV) $(TRITON_VENV) $(GBSTATS_VENV) $(CONFIDENCE_VENV) $(PROTO_OUT) sidecar/_bundled build dist *.egg-info \
 	  .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"users": 100_000, "rounds": 2, "growthbook_users": 20_000},
     ),
     "hop": ("bench.hop", {"rounds": 5}, {"rounds": 2, "quick": True}),
+    "handler": ("bench.handler", {"rounds": 5}, {"rounds": 2, "requests": 5_000}),
     "latency": ("bench.latency", {"rounds": 5}, {"rounds": 2, "requests": 500}),
     "propagation": (
         "bench.propagation",
@@ -40,6 +41,16 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
     "rollback": ("bench.rollback", {"rounds": 5}, {"rounds": 2}),
     "embedded": ("bench.embedded", {"rounds": 5}, {"rounds": 2, "quick": True}),
     "soak": ("bench.soak", {"duration_s": 600.0}, {"duration_s": 20.0}),
+    "signals": (
+        "bench.signals",
+        {"rounds": 5, "calls": 400_000, "seconds": 10},
+        {"rounds": 2, "calls": 100_000, "seconds": 3},
+    ),
+    "experiments-stats": (
+        "bench.experiments_stats",
+        {"users": 1_000_000, "rounds": 3},
+        {"users": 1_000_000, "rounds": 1},
+    ),
     "experiments": (
         "bench.experiments",
         {"requests": 200_000, "rounds": 5, "track_calls": 5_000, "ingest_users": 500_000},

@@ -55,6 +55,7 @@ def experiment_flag() -> dict[str, object]:
     doc["experiment"] = {
         "metrics": [{"name": "correct", "type": "binary"},
                     {"name": "latency_ms", "type": "continuous", "aggregation": "mean"}],
+        "primary_metric": "correct",
         "segments": ["tier"],
     }  # fmt: skip
     for key in ("shadow", "ramp"):
@@ -193,9 +194,9 @@ def measure_ingestion(part: PartReport, redis: RedisServer, users: int) -> None:
         seconds = time.perf_counter() - start
         with ExperimentStore(db) as store:
             start = time.perf_counter()
-            from flags.experiment_plan import MetricSpec
-
-            store.metric("digits", MetricSpec(name="correct", type="binary"), segments=["tier"])
+            plan = parse_flag(experiment_flag()).experiment
+            assert plan is not None
+            store.metric("digits", plan, "correct", segments=["tier"])
             aggregate_s = time.perf_counter() - start
         size = db.stat().st_size
     part.add(INGEST, "events_per_s", report.read / seconds)

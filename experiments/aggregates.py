@@ -1,9 +1,11 @@
-"""Per-variant sufficient statistics: what the SQL aggregation hands the statistics.
+"""What the SQL aggregation hands the statistics: per-variant sufficient statistics of one metric
+(overall, per segment value, per day) and the exposure counts.
 
 The unit is the user: events are aggregated per user first (``any``/``count``/``sum``/``mean`` as
-the metric declares), then summed per variant into (n, sum, sum of squares) — the shape gbstats'
-``SampleMeanStatistic`` and ``ProportionStatistic`` take — and, for ratio metrics, numerator and
-denominator sums with their squares and cross product (gbstats' ``RatioStatistic``).
+the metric declares), then summed per variant into the statistics' own values
+(:class:`~experiments.stats.summary.MeanStats`: n, sum, sum of squares, the shape gbstats'
+``SampleMeanStatistic`` takes; :class:`~experiments.stats.summary.RatioStats`: numerator and
+denominator sums, their squares and the cross product, gbstats' ``RatioStatistic``).
 """
 
 from __future__ import annotations
@@ -12,38 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from experiments.stats.summary import MetricStats
 
-@dataclass(frozen=True, slots=True)
-class VariantStats:
-    """n users, the sum of their per-user values, and the sum of the squares."""
-
-    n: int
-    sum: float
-    sum_sq: float
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.n if self.n else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RatioStats:
-    """Per-user numerator x and denominator y: n, Σx, Σx², Σy, Σy², Σxy."""
-
-    n: int
-    num_sum: float
-    num_sum_sq: float
-    den_sum: float
-    den_sum_sq: float
-    num_den_sum: float
-
-    @property
-    def ratio(self) -> float:
-        return self.num_sum / self.den_sum if self.den_sum else 0.0
-
-
-Stats = VariantStats | RatioStats
-_NONE: Mapping[str, Stats] = MappingProxyType({})
+Stats = MetricStats  # MeanStats | RatioStats (experiments.stats.summary)
 
 
 @dataclass(frozen=True, slots=True)

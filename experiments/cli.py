@@ -22,11 +22,12 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from experiments.aggregates import RatioStats, Stats
+from experiments.aggregates import Stats
 from experiments.events.model import FIELD, Outcome
 from experiments.events.sinks import DEFAULT_STREAM_MAX_LEN, EventKeys
 from experiments.events.validate import InvalidEvent, outcome_from
 from experiments.ingest import IngestReport, ingest_file, ingest_redis
+from experiments.stats.summary import RatioStats
 from experiments.store import ExperimentStore
 from flags import cli as flags_cli
 from flags.experiment_plan import experiment_id
@@ -283,7 +284,8 @@ def _load_spec(ctx: flags_cli.Context, flag: str, flags_file: Path | None) -> Fl
 
 def _stats_json(stats: Stats) -> dict[str, Any]:
     if isinstance(stats, RatioStats):
-        return {"n": stats.n, "ratio": stats.ratio, "num_sum": stats.num_sum,
+        ratio = stats.num_sum / stats.den_sum if stats.den_sum else None
+        return {"n": stats.n, "ratio": ratio, "num_sum": stats.num_sum,
                 "den_sum": stats.den_sum}  # fmt: skip
     return {"n": stats.n, "mean": stats.mean, "sum": stats.sum, "sum_sq": stats.sum_sq}
 
@@ -316,9 +318,10 @@ def summary(
         raise TrackInputError(f"{db}: no such store; run `flagctl experiments ingest` first")
     with ExperimentStore(db) as store:
         exposures = store.exposure_summary(experiment)
+        plan = spec.experiment
         metrics = {
-            m.name: store.metric(experiment, m, include_mixed=include_mixed)
-            for m in spec.experiment.metrics
+            m.name: store.metric(experiment, plan, m.name, segments=(), include_mixed=include_mixed)
+            for m in plan.metrics
         }
     per_metric = {
         name: {v: _stats_json(s) for v, s in agg.by_variant.items()}

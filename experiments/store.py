@@ -23,15 +23,10 @@ from typing import Any
 
 import duckdb
 
-from experiments.aggregates import (
-    ExposureSummary,
-    MetricAggregates,
-    RatioStats,
-    Stats,
-    VariantStats,
-)
+from experiments.aggregates import ExposureSummary, MetricAggregates, Stats
 from experiments.events.model import Event, Exposure, Outcome
-from flags.experiment_plan import MetricSpec
+from experiments.plan import ExperimentPlan
+from experiments.stats.summary import MeanStats, RatioStats
 
 DEFAULT_SLACK_MS = 60_000
 DAY_MS = 86_400_000
@@ -202,25 +197,31 @@ class ExperimentStore:
     def metric(
         self,
         experiment: str,
-        spec: MetricSpec,
+        plan: ExperimentPlan,
+        name: str,
         *,
-        segments: Sequence[str] = (),
+        segments: Sequence[str] | None = None,
         daily: bool = False,
         include_mixed: bool = False,
         as_of_ms: int | None = None,
         slack_ms: int = DEFAULT_SLACK_MS,
     ) -> MetricAggregates:
-        """Per-variant statistics of one metric; per segment value and per day if asked."""
+        """Per-variant statistics of the plan's metric ``name``; per segment value (the plan's
+        segments unless given) and per day if asked."""
+        spec = plan.metric(name)
         self.con.execute(_USERS, {"experiment": experiment})
         end = as_of_ms if as_of_ms is not None else (1 << 62)
         labels, ends = ["all"], [end]
         if daily:
             labels, ends = self._days(end)
             labels, ends = ["all", *labels], [end, *ends]
-        ratio = spec.numerator is not None and spec.denominator is not None
-        names = spec.tracked_names
-        x = _per_user(spec.per_user, "$m0")
-        y = _per_user(spec.per_user, "$m1") if ratio else "NULL"
+        parts = [spec]
+        if spec.numerator is not None and spec.denominator is not None:
+            parts = [plan.metric(spec.numerator), plan.metric(spec.denominator)]
+        ratio = len(parts) == 2
+        names = [p.name for p in parts]
+        x = _per_user(parts[0].aggregation or "sum", "$m0")
+        y = _per_user(parts[-1].aggregation or "sum", "$m1") if ratio else "NULL"
         self.con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE per_user AS
@@ -257,7 +258,7 @@ class ExperimentStore:
         ).fetchall():
             by_day.setdefault(str(row[0]), {})[str(row[1])] = _stats(row[2:], ratio)
         by_segment: dict[tuple[str, str], dict[str, Stats]] = {}
-        for attribute in segments:
+        for attribute in plan.segments if segments is None else segments:
             path = '$."' + attribute.replace("\\", "\\\\").replace('"', '\\"') + '"'
             for row in self.con.execute(
                 f"SELECT coalesce(json_extract_string(segments, $path), $missing) AS value, "
@@ -272,7 +273,7 @@ class ExperimentStore:
             experiment=experiment,
             metric=spec.name,
             kind=spec.type,
-            aggregation=spec.per_user,
+            aggregation=spec.aggregation or "ratio",
             by_variant=MappingProxyType(overall),
             by_segment=MappingProxyType({k: MappingProxyType(v) for k, v in by_segment.items()}),
             by_day=MappingProxyType({k: MappingProxyType(v) for k, v in by_day.items()}),
@@ -317,7 +318,7 @@ def _stats(values: Sequence[Any], ratio: bool) -> Stats:
     v = [0.0 if x is None else float(x) for x in values]
     if ratio:
         return RatioStats(int(v[0]), v[1], v[2], v[3], v[4], v[5])
-    return VariantStats(int(v[0]), v[1], v[2])
+    return MeanStats(int(v[0]), v[1], v[2])
 
 
 def _exposure_columns(events: Sequence[Exposure]) -> dict[str, list[Any]]:

@@ -94,7 +94,9 @@ class RawCall:
         return await backend.infer_raw(payload, timeout=timeout, metadata=metadata, what=what)
 
     def served_version(self, reply: bytes, hop: Hop) -> str:
-        return wire.read_response_version(reply) or hop.version
+        # Triton serves exactly the version asked for, or fails: read the reply only when the
+        # hop left the choice to Triton (passthrough), which saves a parse per request.
+        return hop.version or wire.read_response_version(reply)
 
 
 def _apply_parameters(

@@ -91,6 +91,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if isinstance(exc, (RequestError, BackendError)):
             code, text = status_for(exc)
             log.debug("%s: %s %s", method, code.name, text)
+        elif isinstance(exc, NotImplementedError):
+            # grpcio's generated base servicers raise it for a method the library behind them
+            # does not implement (grpc_health's Health/List): an absent method, not a bug.
+            code, text = grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented"
+            log.debug("%s: UNIMPLEMENTED", method)
         else:
             log.error("unexpected error in %s", method, exc_info=exc)
             code, text = status_for(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))

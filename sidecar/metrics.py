@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -26,6 +26,7 @@ from flags.store import FlagStore
 from sidecar.circuit import CircuitBreaker, CircuitState
 from sidecar.observers import Exchange, Observer
 from sidecar.outcome import RequestOutcome
+from sidecar.series import CounterSeries, HistogramChild, HistogramSeries
 from signals.latency import PROMETHEUS_BUCKETS
 
 
@@ -33,33 +34,32 @@ class SidecarMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        # The four series every request updates: lock-free (sidecar.series).
+        self.requests = CounterSeries(
             "trafficsplit_requests",
             "Inference requests by experiment group, served version, outcome and gRPC status.",
             ("flag", "variant", "membership", "model", "version", "outcome", "status"),
-            registry=r,
         )
-        self.latency = Histogram(
+        self.latency = HistogramSeries(
             "trafficsplit_request_duration_seconds",
             "Sidecar latency per request, failed ones included (routing plus backend calls).",
             ("flag", "variant", "membership", "outcome"),
-            buckets=PROMETHEUS_BUCKETS,
-            registry=r,
+            PROMETHEUS_BUCKETS,
         )
-        self.attempts = Counter(
+        self.attempts = CounterSeries(
             "trafficsplit_attempts",
             "Backend calls by attempted target and result (OK, an error kind, or CIRCUIT_OPEN / "
             "NOT_READY for calls skipped).",
             ("flag", "membership", "backend", "model", "version", "result"),
-            registry=r,
         )
-        self.attempt_latency = Histogram(
+        self.attempt_latency = HistogramSeries(
             "trafficsplit_attempt_duration_seconds",
             "Duration of each backend call, by attempted target (skipped calls not included).",
             ("flag", "backend", "model", "version"),
-            buckets=PROMETHEUS_BUCKETS,
-            registry=r,
+            PROMETHEUS_BUCKETS,
         )
+        for series in (self.requests, self.latency, self.attempts, self.attempt_latency):
+            r.register(series)
         self.fallbacks = Counter(
             "trafficsplit_fallbacks",
             "Requests the default variant answered because the cohort's version did not "
@@ -103,44 +103,54 @@ class SidecarMetrics:
 
 
 class MetricsObserver(Observer):
-    """Records each settled request into :class:`SidecarMetrics` (label children cached: a
-    ``labels()`` call costs a lock and a tuple)."""
+    """Records each settled request into :class:`SidecarMetrics`, with the label children of
+    each series cached per label set (a tuple build and a dict lookup per update)."""
 
     def __init__(self, metrics: SidecarMetrics) -> None:
         self._m = metrics
-        self._requests: dict[tuple[str, ...], tuple[Any, Any]] = {}
-        self._attempts: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._requests: dict[tuple[Any, ...], tuple[list[int], HistogramChild]] = {}
+        self._attempts: dict[tuple[Any, ...], tuple[list[int], HistogramChild]] = {}
 
     def on_settled(self, exchange: Exchange, outcome: RequestOutcome) -> None:
         a = outcome.assignment
-        m = self._m
+        plan = a.plan
         settlement = outcome.settlement
-        key = (a.flag, a.variant, a.membership, a.served.model, a.served_version, settlement,
-               outcome.status)  # fmt: skip
+        key = (plan.flag, plan.variant, plan.membership, a.served.model, a.served_version,
+               settlement, outcome.status)  # fmt: skip
         children = self._requests.get(key)
         if children is None:
-            children = self._requests[key] = (
-                m.requests.labels(*key),
-                m.latency.labels(a.flag, a.variant, a.membership, settlement),
-            )
-        children[0].inc()
+            children = self._requests[key] = self._request_children(key)
+        children[0][0] += 1
         children[1].observe(outcome.seconds)
         for attempt in outcome.attempts:
-            akey = (a.flag, a.membership, attempt.backend, attempt.model, attempt.version,
+            akey = (plan.flag, plan.membership, attempt.backend, attempt.model, attempt.version,
                     attempt.result)  # fmt: skip
             achildren = self._attempts.get(akey)
             if achildren is None:
-                achildren = self._attempts[akey] = (
-                    m.attempts.labels(*akey),
-                    m.attempt_latency.labels(
-                        a.flag, attempt.backend, attempt.model, attempt.version
-                    ),
-                )
-            achildren[0].inc()
+                achildren = self._attempts[akey] = self._attempt_children(akey)
+            achildren[0][0] += 1
             if attempt.sent:
                 achildren[1].observe(attempt.seconds)
         if a.fallback is not None:
-            m.fallbacks.labels(a.flag, a.plan.primary.version, a.served_version, a.fallback).inc()
+            self._m.fallbacks.labels(
+                plan.flag, plan.primary.version, a.served_version, a.fallback
+            ).inc()
+
+    def _request_children(self, key: tuple[Any, ...]) -> tuple[list[int], HistogramChild]:
+        labels = tuple(str(v) for v in key)
+        flag, variant, membership, _, _, settlement, _ = labels
+        return (
+            self._m.requests.child(labels),
+            self._m.latency.child((flag, variant, membership, settlement)),
+        )
+
+    def _attempt_children(self, key: tuple[Any, ...]) -> tuple[list[int], HistogramChild]:
+        labels = tuple(str(v) for v in key)
+        flag, _, backend, model, version, _ = labels
+        return (
+            self._m.attempts.child(labels),
+            self._m.attempt_latency.child((flag, backend, model, version)),
+        )
 
     def on_assign(self, exchange: Exchange) -> None:
         a = exchange.assignment

@@ -6,12 +6,15 @@ trailing metadata, the native ``Assignment`` message, span attributes and metric
 (:mod:`sidecar.render`). :class:`RequestOutcome` adds every backend attempt, each keyed by the
 target that was *attempted*, so a candidate's failures are counted against the candidate even
 when the default variant answered the user.
+
+They are NamedTuples rather than frozen dataclasses: three are built per request, and a tuple
+is built about four times faster (immutable all the same).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sidecar.plan import Hop, Membership, RoutePlan
 
@@ -47,8 +50,7 @@ SKIPPED_NOT_READY = "NOT_READY"  # not sent: the version is not loaded on the ba
 CANCELLED = "CANCELLED"  # the caller went away mid-call
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One backend call (or a call skipped for an open circuit or a missing version)."""
 
     backend: str
@@ -62,8 +64,7 @@ class Attempt:
         return self.result not in (SKIPPED_CIRCUIT_OPEN, SKIPPED_NOT_READY)
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):
     """The caller's assignment, as every surface reports it."""
 
     plan: RoutePlan
@@ -100,8 +101,7 @@ class Assignment:
         return cls(plan, plan.primary, plan.primary.version)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestOutcome:
+class RequestOutcome(NamedTuple):
     """One settled request: assignment, attempts in order, final status and duration."""
 
     rpc: str

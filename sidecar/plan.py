@@ -17,6 +17,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 from flags import ErrorCode, Reason, Subject, evaluate
 from flags.compiled import CompiledFlag
@@ -88,8 +89,7 @@ class UnflaggedPolicy:
     passthrough: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RoutePlan:
+class RoutePlan(NamedTuple):  # built per request: a tuple is the cheapest immutable value
     flag: str  # "" when the model has no flag
     variant: str  # the cohort; "" when there is no flag
     reason: str

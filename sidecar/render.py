@@ -30,14 +30,24 @@ def response_suffix(a: Assignment) -> bytes:
 
 
 def trailing_metadata(a: Assignment) -> Metadata:
+    plan = a.plan
+    return _trailing(
+        plan.flag, plan.variant, plan.reason, plan.membership, a.served_version, a.fallback or ""
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _trailing(
+    flag: str, variant: str, reason: str, membership: str, version: str, cause: str
+) -> Metadata:
     return (
-        ("x-trafficsplit-flag", a.flag),
-        ("x-trafficsplit-variant", a.variant),
-        ("x-trafficsplit-reason", a.reason),
-        ("x-trafficsplit-membership", a.membership),
-        ("x-trafficsplit-model-version", a.served_version),
-        ("x-trafficsplit-fallback", "true" if a.fallback else "false"),
-        ("x-trafficsplit-fallback-cause", a.fallback or ""),
+        ("x-trafficsplit-flag", flag),
+        ("x-trafficsplit-variant", variant),
+        ("x-trafficsplit-reason", reason),
+        ("x-trafficsplit-membership", str(membership)),
+        ("x-trafficsplit-model-version", version),
+        ("x-trafficsplit-fallback", "true" if cause else "false"),
+        ("x-trafficsplit-fallback-cause", cause),
     )
 
 

@@ -39,6 +39,7 @@ from sidecar.readiness import VersionReadiness, default_targets, flag_targets, k
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
+from sidecar.signal_recorder import SignalRecorder, build_signal_recorder
 from sidecar.subjects import SubjectRules
 from sidecar.telemetry import build_tracer_provider, tracing_enabled
 from sidecar.tracing import TracingObserver
@@ -73,9 +74,11 @@ def build_observers(
     *,
     tracing: bool,
     trace_user_id: bool,
+    signals: SignalRecorder | None = None,
     extra: tuple[Observer, ...] = (),
 ) -> Observer:
     observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
+    observers += [signals] if signals is not None else []  # fleet-wide signals (docs/rollouts.md)
     if tracing:
         observers.append(
             TracingObserver(
@@ -107,6 +110,7 @@ class Sidecar:
     serving: bool = False
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
+    signals: SignalRecorder | None = None  # flushes per-version signals to Redis while running
 
     @classmethod
     def build(
@@ -131,11 +135,13 @@ class Sidecar:
         metrics.watch_readiness(readiness.unready, readiness.known)
         events = EventRecording.build(settings, store)  # exposures and Track (sidecar.events)
         events.watch(metrics.registry)
+        signals = build_signal_recorder(settings, metrics)
         observer = build_observers(
             metrics,
             provider,
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
+            signals=signals,
             extra=events.observers,
         )
         router = Router(
@@ -164,7 +170,8 @@ class Sidecar:
             provider,
             metrics,
             readiness,
-            events,
+            events=events,
+            signals=signals,
         )
 
     def _rules(self) -> SubjectRules:
@@ -186,6 +193,8 @@ class Sidecar:
         await self.source.start()
         if self.events is not None:
             await self.events.start()
+        if self.signals is not None:
+            self.signals.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=(ErrorInterceptor(self._count_error),),
@@ -313,6 +322,8 @@ class Sidecar:
             await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
+        if self.signals is not None:  # after the last request: its second is flushed too
+            await self.signals.close()
         await self.source.close()
         if self.events is not None:
             await self.events.close()  # writes what is buffered

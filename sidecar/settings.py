@@ -120,6 +120,22 @@ class Settings:
     exposure_dedupe_capacity: int = _setting(
         100_000, "exposure keys remembered per generation (two generations) to record each once"
     )
+    signals_redis_url: str | None = _setting(
+        None,
+        "write per-version signals (docs/rollouts.md) with this Redis URL, e.g. a user that may "
+        "write only signal keys (default: --redis-url; no Redis URL at all: no signals)",
+    )
+    signals_interval_s: float = _setting(
+        1.0, "write signals to Redis once per this many seconds (0 turns signals off)"
+    )
+    signals_retention_s: int = _setting(
+        960, "signal keys expire after this many seconds (the longest guardrail window + margin)"
+    )
+    signals_max_backlog: int = _setting(
+        900,
+        "while Redis is unavailable, keep at most this many (flag, second) entries of signals; "
+        "older ones are dropped and counted in trafficsplit_signal_dropped_total",
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING, ERROR")
 
     def stable_versions(self) -> dict[str, str]:
@@ -206,4 +222,8 @@ def load_settings(
         settings.stable_versions()
     except ValueError as exc:
         parser.error(str(exc))
+    if min(settings.signals_retention_s, settings.signals_max_backlog) < 1:
+        parser.error("--signals-retention-s and --signals-max-backlog must be at least 1")
+    if settings.signals_interval_s < 0:
+        parser.error("--signals-interval-s must be >= 0 (0 turns signals off)")
     return settings

@@ -12,6 +12,8 @@ EXPERIMENT = {
         {"name": "correct", "type": "binary"},
         {"name": "latency_ms", "type": "continuous", "aggregation": "mean"},
         {"name": "clicks", "type": "continuous", "aggregation": "count"},
+        {"name": "downloads", "type": "continuous"},
+        {"name": "generations", "type": "continuous"},
         {
             "name": "downloads_per_generation",
             "type": "ratio",

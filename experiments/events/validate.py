@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 
 from experiments.events.model import Outcome
-from flags.experiment_plan import experiment_id
+from flags.experiment_plan import experiment_id, trackable_metrics
 from flags.schema import FlagSpec
 
 MAX_ID_LENGTH = 256
@@ -53,8 +53,14 @@ def outcome_from(
         raise InvalidEvent("`user_id` is required: the user the outcome belongs to")
     if len(user_id) > MAX_ID_LENGTH:
         raise InvalidEvent(f"`user_id` is longer than {MAX_ID_LENGTH} characters")
-    trackable = plan.trackable()
+    trackable = trackable_metrics(plan)
     if metric not in trackable:
+        declared = next((m for m in plan.metrics if m.name == metric), None)
+        if declared is not None:  # a ratio: its parts are what happens
+            raise InvalidEvent(
+                f"metric {metric!r} of flag {flag!r} is a ratio: track its numerator "
+                f"{declared.numerator!r} and denominator {declared.denominator!r} instead"
+            )
         raise InvalidEvent(
             f"metric {metric!r} is not declared in flag {flag!r}'s experiment section "
             f"(declared: {', '.join(sorted(trackable))})"

@@ -51,7 +51,7 @@ def test_a_good_outcome_gets_the_experiment_and_now() -> None:
         ({"user_id": ""}, "`user_id` is required"),
         ({"user_id": "u" * 300}, "longer than 256"),
         ({"metric": "revenue"}, "metric 'revenue' is not declared"),
-        ({"metric": "downloads_per_generation"}, "is not declared"),  # track its parts instead
+        ({"metric": "downloads_per_generation"}, "is a ratio: track its numerator 'downloads'"),
         ({"value": math.nan}, "finite number"),
         ({"value": math.inf}, "finite number"),
         ({"idempotency_key": "k" * 300}, "`idempotency_key` is longer"),

@@ -1,55 +1,82 @@
-"""The flag's `experiment` section: validated with the flag, clear messages, the experiment id."""
+"""The experiment plan validates like the rest of the flag: clear messages naming the field."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from support_events import EXPERIMENT, experiment_flag
+from pydantic import ValidationError
 
-from flags.errors import FlagValidationError
-from flags.experiment_plan import experiment_id
-from flags.schema import parse_flag
+from experiments.plan import ExperimentPlan
 
 
-def test_a_flag_with_an_experiment_section_parses() -> None:
-    spec = parse_flag(experiment_flag())
-    plan = spec.experiment
-    assert plan is not None
-    assert plan.primary.name == "correct"
-    assert plan.primary.per_user == "any"
-    assert plan.metric("latency_ms") is not None and plan.metric("latency_ms").per_user == "mean"  # type: ignore[union-attr]
-    assert plan.trackable() == {"correct", "latency_ms", "clicks", "downloads", "generations"}
-    assert plan.min_duration_days == 7.0
-    assert parse_flag(spec.to_json()) == spec  # round-trips through the stored JSON
+def plan_doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "hypothesis": "v2 answers more digits correctly",
+        "metrics": [
+            {"name": "correct", "type": "binary"},
+            {"name": "latency_ms", "type": "continuous", "aggregation": "mean"},
+            {"name": "generations", "type": "continuous", "aggregation": "count"},
+            {"name": "downloads", "type": "continuous", "aggregation": "count"},
+            {
+                "name": "downloads_per_generation",
+                "type": "ratio",
+                "numerator": "downloads",
+                "denominator": "generations",
+            },
+        ],
+        "primary_metric": "correct",
+        "guardrails": [{"metric": "latency_ms", "worst_change": 0.05}],
+        "segments": ["tier"],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_a_full_plan_validates_with_documented_defaults() -> None:
+    plan = ExperimentPlan.model_validate(plan_doc())
+    assert plan.metric("correct").aggregation == "any"
+    assert plan.metric("downloads_per_generation").aggregation is None
+    assert (plan.alpha, plan.power, plan.min_duration_days) == (0.05, 0.8, 7)
+    assert plan.sequential and plan.correction == "holm"
+    assert ExperimentPlan.model_validate(plan.model_dump(mode="json")) == plan
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
+    ("overrides", "message"),
     [
-        ({"metrics": []}, "experiment.metrics"),
-        ({"primary_metric": "nope"}, "primary_metric: 'nope' is not a declared metric"),
-        ({"metrics": [{"name": "r", "type": "ratio"}]}, "needs `numerator` and `denominator`"),
+        ({"primary_metric": "clicks"}, "primary_metric: 'clicks' is not declared"),
+        ({"guardrails": [{"metric": "nope", "worst_change": -0.1}]}, "guardrails.0.metric"),
+        ({"guardrails": [{"metric": "correct", "worst_change": 0}]}, "must be non-zero"),
+        ({"metrics": [{"name": "correct", "type": "binary", "aggregation": "sum"}]}, "any"),
         (
-            {"metrics": [{"name": "b", "type": "binary", "aggregation": "sum"}]},
-            "a binary metric is aggregated with `any`",
+            {"metrics": [{"name": "r", "type": "ratio", "numerator": "x"}]},
+            "needs numerator and denominator",
         ),
-        ({"metrics": [{"name": "m", "type": "gauge"}]}, "experiment.metrics.0.type"),
-        ({"guardrails": [{"metric": "ghost", "worst_change": -0.1}]}, "'ghost'"),
-        ({"segments": ["tier", "tier"]}, "each attribute must appear once"),
-        ({"alpha": 1.5}, "experiment.alpha"),
-        ({"colour": "red"}, "experiment.colour: is not a known field"),
+        (
+            {"metrics": [{"name": "correct", "type": "binary"}] * 2},
+            "duplicate names correct",
+        ),
+        ({"alpha": 0}, "alpha"),
+        ({"power": 1.0}, "power"),
+        ({"mde": float("nan")}, "mde"),
+        ({"extra": 1}, "extra"),
     ],
 )
-def test_a_bad_experiment_section_is_rejected_with_its_path(
-    change: dict[str, object], expected: str
-) -> None:
-    with pytest.raises(FlagValidationError) as caught:
-        parse_flag(experiment_flag(experiment={**EXPERIMENT, **change}))
-    assert any(expected in issue for issue in caught.value.issues), caught.value.issues
+def test_bad_plans_say_what_to_fix(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ExperimentPlan.model_validate(plan_doc(**overrides))
 
 
-def test_the_experiment_id_changes_with_the_salt_unless_named() -> None:
-    plan = parse_flag(experiment_flag()).experiment
-    assert experiment_id("digits", "", plan) == "digits"
-    assert experiment_id("digits", "s2", plan) == "digits@s2"
-    named = parse_flag(experiment_flag(experiment={**EXPERIMENT, "id": "digits-q3"})).experiment
-    assert experiment_id("digits", "s2", named) == "digits-q3"
+def test_a_ratio_of_a_ratio_is_refused() -> None:
+    doc = plan_doc()
+    doc["metrics"].append(
+        {
+            "name": "rr",
+            "type": "ratio",
+            "numerator": "downloads_per_generation",
+            "denominator": "downloads",
+        }
+    )
+    with pytest.raises(ValidationError, match="is a ratio itself"):
+        ExperimentPlan.model_validate(doc)

@@ -23,7 +23,7 @@ from flags.store import FlagStore
 from sidecar.backends.base import BackendError, ErrorKind
 from sidecar.calls import MessageCall
 from sidecar.circuit import CircuitBreaker
-from sidecar.errors import NoFlag
+from sidecar.errors import NoFlag, Overloaded
 from sidecar.fallback import FallbackPolicy
 from sidecar.observers import Observers, RecordingObserver, TraceContextPassthrough
 from sidecar.outcome import FallbackCause, RequestOutcome, Settlement
@@ -317,3 +317,15 @@ def test_fallback_span_tells_the_served_version_and_the_fallback() -> None:
     assert [s.attributes["ml.model.version"] for s in clients if s.attributes] == ["2", "1"]
     # Each backend call carried its own CLIENT span's context.
     assert all(dict(md).get("traceparent") for _, md in backend.calls)
+
+
+def test_a_deadline_shorter_than_the_stable_versions_median_is_refused_early() -> None:
+    backend = ScriptedBackend({"1": ("slow", 0.05)})
+    all_control = {"rules": [], "allocation": {"split": {"control": 100, "candidate": 0}}}
+    router, recorder = make_router(backend, all_control)
+    infer(router, timeout=5.0)  # teaches the router v1's median (about 50 ms)
+    calls = len(backend.calls)
+    with pytest.raises(Overloaded, match="refused early"):
+        infer(router, timeout=0.01)
+    assert len(backend.calls) == calls  # no backend slot taken by a request that cannot make it
+    assert len(recorder.rejected) == 1
