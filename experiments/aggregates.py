@@ -45,5 +45,6 @@ class ExposureSummary:
     mixed_users: int
     mixed_by_variants: Mapping[str, int]  # "control+candidate" → users
     new_by_day: Mapping[str, Mapping[str, int]]
+    by_split: Mapping[str, Mapping[str, int]]  # split in force at first exposure → users
     first_ms: int | None
     last_ms: int | None

@@ -36,7 +36,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS exposures (
     experiment VARCHAR NOT NULL, user_id VARCHAR NOT NULL, variant VARCHAR NOT NULL,
     flag VARCHAR NOT NULL, version VARCHAR NOT NULL, first_ms BIGINT NOT NULL,
-    segments VARCHAR NOT NULL,
+    segments VARCHAR NOT NULL, split VARCHAR NOT NULL DEFAULT '',
     PRIMARY KEY (experiment, user_id, variant));
 CREATE TABLE IF NOT EXISTS outcomes (
     experiment VARCHAR NOT NULL, event_id VARCHAR NOT NULL, flag VARCHAR NOT NULL,
@@ -49,15 +49,17 @@ CREATE TABLE IF NOT EXISTS ingest_state (source VARCHAR PRIMARY KEY, position BI
 _UPSERT_EXPOSURES = """
 INSERT INTO exposures
 SELECT experiment, user_id, variant, arg_min(flag, first_ms), arg_min(version, first_ms),
-       min(first_ms), arg_min(segments, first_ms)
+       min(first_ms), arg_min(segments, first_ms), arg_min(split, first_ms)
 FROM (SELECT unnest($experiment) AS experiment, unnest($user_id) AS user_id,
              unnest($variant) AS variant, unnest($flag) AS flag, unnest($version) AS version,
-             unnest($first_ms) AS first_ms, unnest($segments) AS segments)
+             unnest($first_ms) AS first_ms, unnest($segments) AS segments,
+             unnest($split) AS split)
 GROUP BY experiment, user_id, variant
 ON CONFLICT (experiment, user_id, variant) DO UPDATE SET
     flag = CASE WHEN excluded.first_ms < first_ms THEN excluded.flag ELSE flag END,
     version = CASE WHEN excluded.first_ms < first_ms THEN excluded.version ELSE version END,
     segments = CASE WHEN excluded.first_ms < first_ms THEN excluded.segments ELSE segments END,
+    split = CASE WHEN excluded.first_ms < first_ms THEN excluded.split ELSE split END,
     first_ms = least(first_ms, excluded.first_ms)
 """
 
@@ -73,7 +75,8 @@ ON CONFLICT DO NOTHING
 _USERS = """
 CREATE OR REPLACE TEMP TABLE users AS
 SELECT user_id, arg_min(variant, first_ms) AS variant, min(first_ms) AS first_ms,
-       arg_min(segments, first_ms) AS segments, count(*) AS variants,
+       arg_min(segments, first_ms) AS segments, arg_min(split, first_ms) AS split,
+       count(*) AS variants,
        string_agg(variant, '+' ORDER BY variant) AS seen
 FROM exposures WHERE experiment = $experiment GROUP BY user_id
 """
@@ -182,6 +185,12 @@ class ExperimentStore:
             "count(*) FROM users WHERE variants = 1 GROUP BY ALL ORDER BY ALL"
         ).fetchall():
             new_by_day.setdefault(str(day), {})[str(variant)] = int(n)
+        phases: dict[str, dict[str, int]] = {}
+        for split, variant, n in self.con.execute(
+            "SELECT split, variant, count(*) FROM users WHERE variants = 1 GROUP BY ALL "
+            "ORDER BY min(first_ms), variant"
+        ).fetchall():
+            phases.setdefault(str(split), {})[str(variant)] = int(n)
         span = self.con.execute("SELECT min(first_ms), max(first_ms) FROM users").fetchone()
         assert span is not None
         return ExposureSummary(
@@ -190,6 +199,7 @@ class ExperimentStore:
             mixed_users=sum(int(v) for v in mixed.values()),
             mixed_by_variants=MappingProxyType({str(k): int(v) for k, v in mixed.items()}),
             new_by_day=MappingProxyType(new_by_day),
+            by_split=MappingProxyType(phases),
             first_ms=None if span[0] is None else int(span[0]),
             last_ms=None if span[1] is None else int(span[1]),
         )
@@ -332,6 +342,7 @@ def _exposure_columns(events: Sequence[Exposure]) -> dict[str, list[Any]]:
         "version": [e.version for e in events],
         "first_ms": [e.time_ms for e in events],
         "segments": [json.dumps(dict(e.segments), separators=(",", ":")) for e in events],
+        "split": [e.split for e in events],
     }
 
 

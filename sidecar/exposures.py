@@ -20,12 +20,13 @@ ingestion, which deduplicates by (experiment, user, variant) and keeps the first
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from experiments.events.model import Exposure
 from experiments.events.sinks import EventSink
 from flags.compiled import CompiledFlag
 from flags.experiment_plan import experiment_id
+from flags.schema import FlagSpec
 from flags.store import FlagStore
 from sidecar.observers import Exchange, Observer
 from sidecar.outcome import RequestOutcome
@@ -33,7 +34,8 @@ from sidecar.plan import Membership
 
 DEFAULT_DEDUPE_CAPACITY = 100_000
 
-_Info = tuple[str, tuple[str, ...]] | None  # (experiment id, segment attributes) or no experiment
+# (experiment id, segment attributes, split text per rule name; None: the allocation's)
+_Info = tuple[str, tuple[str, ...], dict[str | None, str]] | None
 
 
 def wall_clock_ms() -> int:
@@ -66,7 +68,7 @@ class ExposureRecorder(Observer):
         info = self._experiment(plan.flag)
         if info is None:
             return
-        experiment, segments = info
+        experiment, segments, splits = info
         subject = exchange.subject
         key = hash((experiment, subject.id, plan.variant))
         if key in self._current:
@@ -92,6 +94,7 @@ class ExposureRecorder(Observer):
                 tuple([(s, str(attributes[s])) for s in segments if s in attributes])
                 if segments
                 else (),
+                splits.get(plan.rule, ""),
             ),
         )
         self._sink.record(exposure)
@@ -114,6 +117,23 @@ class ExposureRecorder(Observer):
         plan = spec.experiment
         info: _Info = None
         if plan is not None:
-            info = (experiment_id(spec.key, spec.salt, plan), tuple(plan.segments))
+            info = (experiment_id(spec.key, spec.salt, plan), tuple(plan.segments), _splits(spec))
         self._flags[flag_key] = (flag, info)
         return info
+
+
+def split_text(split: Mapping[str, float]) -> str:
+    """A split as recorded with exposures: ``control=80,candidate=20`` (variants with a share)."""
+    return ",".join(f"{name}={share:g}" for name, share in split.items() if share > 0)
+
+
+def _splits(spec: FlagSpec) -> dict[str | None, str]:
+    """The split text of each splitting rule (by name) and of the allocation (key None): what
+    was in force for an exposure, so SRM can compare within each constant-split phase."""
+    splits: dict[str | None, str] = {}
+    for index, rule in enumerate(spec.rules):
+        if rule.split is not None:  # named as flags.compiled names rules
+            splits[rule.name or f"rule-{index}"] = split_text(rule.split)
+    if spec.allocation is not None:
+        splits[None] = split_text(spec.allocation.split)
+    return splits

@@ -10,7 +10,7 @@ ingestion idempotent.
 
 Wire format (positional, so each entry carries no field names; the first element is the kind)::
 
-    ["x", experiment, flag, user, variant, version, time_ms, {segment: value}]
+    ["x", experiment, flag, user, variant, version, time_ms, {segment: value}, split]
     ["o", event_id, experiment, flag, user, metric, value, time_ms]
 
 One field and one JSON string per entry keeps the sidecar's batched write cheap (redis-py packs
@@ -42,6 +42,7 @@ class Exposure(NamedTuple):
     version: str  # the model version that served (the default's, after a fallback)
     time_ms: int  # first seen by this sidecar, Unix milliseconds
     segments: tuple[tuple[str, str], ...] = ()  # the plan's segment attributes, as sent
+    split: str = ""  # the split that chose the variant, "control=80,candidate=20": SRM phases
 
     @property
     def key(self) -> str:
@@ -51,7 +52,7 @@ class Exposure(NamedTuple):
     def encode(self) -> str:
         return json.dumps(
             [EXPOSURE, self.experiment, self.flag, self.user_id, self.variant, self.version,
-             self.time_ms, dict(self.segments)],
+             self.time_ms, dict(self.segments), self.split],
             separators=(",", ":"),
         )  # fmt: skip
 
@@ -95,10 +96,12 @@ def decode(text: str | bytes) -> Event:
         data = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EventDecodeError(f"not JSON: {exc}") from exc
-    if not isinstance(data, list) or len(data) != 8:
-        raise EventDecodeError("expected a JSON array of 8 elements")
+    if not isinstance(data, list) or len(data) not in (8, 9):
+        raise EventDecodeError("expected a JSON array of 8 or 9 elements")
     kind = data[0]
     if kind == EXPOSURE:
+        if len(data) == 8:
+            data.append("")  # before splits were recorded
         segments = data[7]
         if not isinstance(segments, dict):
             raise EventDecodeError("segments: expected an object")
@@ -110,8 +113,11 @@ def decode(text: str | bytes) -> Event:
             version=data[5] if isinstance(data[5], str) else "",
             time_ms=_int(data[6], "time"),
             segments=tuple(sorted((str(k), str(v)) for k, v in segments.items())),
+            split=data[8] if isinstance(data[8], str) else "",
         )
     if kind == OUTCOME:
+        if len(data) != 8:
+            raise EventDecodeError("an outcome has 8 elements")
         value = data[6]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise EventDecodeError("value: expected a number")

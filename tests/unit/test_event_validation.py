@@ -69,7 +69,10 @@ def test_events_round_trip_through_their_fields_and_garbage_is_refused() -> None
     outcome = Outcome("id", "e", "digits", "u1", "correct", 0.5, NOW)
     assert decode(exposure.encode()) == exposure
     assert decode(outcome.encode().encode()) == outcome  # bytes, as Redis returns them
-    assert exposure.encode() == f'["x","e","digits","u1","control","1",{NOW},{{"tier":"pro"}}]'
+    assert exposure.encode() == f'["x","e","digits","u1","control","1",{NOW},{{"tier":"pro"}},""]'
+    assert decode(exposure.encode().removesuffix(',""]') + "]") == exposure  # 8 elements: no split
+    split = exposure._replace(split="control=50,candidate=50")
+    assert decode(split.encode()) == split
     for bad in (
         "",
         "{}",

@@ -58,8 +58,9 @@ def test_an_exposed_user_is_recorded_once_with_segments_and_served_version() -> 
     for _ in range(3):
         serve(router, "u1", attributes={"tier": "pro", "country": "fr"})
     assert sink.events == [
-        Exposure("digits", "digits", "u1", "candidate", "2", 1234, (("tier", "pro"),))
-    ]
+        Exposure("digits", "digits", "u1", "candidate", "2", 1234, (("tier", "pro"),),
+                 "candidate=100")
+    ]  # fmt: skip
     assert (recorder.recorded, recorder.suppressed) == (1, 2)
 
 
@@ -124,3 +125,15 @@ def test_a_failed_flush_keeps_the_batch_and_a_full_buffer_counts_drops() -> None
     sink.up = True
     assert asyncio.run(sink.flush()) is True
     assert (sink.stored, len(sink.buffer), sink.written) == (events[:3], 0, 3)
+
+
+def test_each_exposure_carries_the_split_that_chose_it() -> None:
+    beta = {"name": "beta", "when": {"attribute": "tier", "op": "eq", "value": "beta"},
+            "split": {"control": 10, "candidate": 90}}  # fmt: skip
+    router, sink, _ = setup(experiment_flag(candidate=20, rules=[beta]))
+    serve(router, "u1", attributes={"tier": "beta"})
+    serve(router, "u2", attributes={"tier": "pro"})
+    assert [e.split for e in sink.events] == [  # type: ignore[union-attr]
+        "control=10,candidate=90",
+        "control=80,candidate=20",
+    ]
