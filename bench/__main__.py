@@ -52,6 +52,11 @@ PARTS: dict[str, tuple[str, dict[str, object], dict[str, object]]] = {
         {"users": 1_000_000, "rounds": 3},
         {"users": 1_000_000, "rounds": 1},
     ),
+    "experiments": (
+        "bench.experiments",
+        {"requests": 200_000, "rounds": 5, "track_calls": 5_000, "ingest_users": 500_000},
+        {"requests": 50_000, "rounds": 2, "track_calls": 1_000, "ingest_users": 20_000},
+    ),
 }
 
 

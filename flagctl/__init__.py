@@ -19,12 +19,15 @@ Register = Callable[[click.Group], None]
 
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
-    registrations: list[Register] = []
+    from experiments import cli as experiments_cli  # flagctl track, flagctl experiments ...
     from rollout import golden_cli  # the golden-set gate: flagctl golden FLAG
     from rollout.cli import register as rollout_register  # rollout: flagctl rollout ...
 
-    registrations.append(rollout_register)
-    registrations.append(golden_cli.register)
+    registrations: list[Register] = [
+        rollout_register,
+        golden_cli.register,
+        experiments_cli.register,
+    ]
     return registrations
 
 

@@ -33,6 +33,7 @@ from flags.decode import (
     structure_issues,
 )
 from flags.errors import FlagValidationError
+from flags.experiment_plan import ExperimentPlan
 
 # Revisions stay below 2^53: exact as a float (Prometheus gauges, JSON in other languages) and far
 # below int64. flagctl's epoch revisions (flags.revisions) reach 2^53 only in the year 2242.
@@ -280,6 +281,7 @@ class FlagSpec(_Strict):
     shadow: Shadow | None = None
     guardrails: Guardrails | None = None
     golden: Golden | None = None
+    experiment: ExperimentPlan | None = None  # flags.experiment_plan: metrics, segments, plan
     updated_at: str | None = None
     updated_by: str | None = None
 

@@ -11,6 +11,7 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 from sidecar.calls import MessageCall
 from sidecar.errors import InvalidRequest
+from sidecar.events import EventRecording, EventsOff
 from sidecar.outcome import Assignment
 from sidecar.routing import Router
 from sidecar.subjects import SubjectRules, checked_subject
@@ -20,9 +21,12 @@ Context: TypeAlias = Any  # grpc.aio.ServicerContext (grpc ships no type informa
 
 
 class NativeService(pb_grpc.TrafficSplitServicer):
-    def __init__(self, router: Router, rules: SubjectRules) -> None:
+    def __init__(
+        self, router: Router, rules: SubjectRules, events: EventRecording | None = None
+    ) -> None:
         self._router = router
         self._rules = rules
+        self._events = events
 
     def _subject(self, subject: pb.Subject) -> Subject:
         return checked_subject(
@@ -71,6 +75,19 @@ class NativeService(pb_grpc.TrafficSplitServicer):
             metadata=context.invocation_metadata() or (),
         )
         return pb.AssignResponse(assignment=to_proto(assigned))
+
+    async def Track(self, request: pb.TrackRequest, context: Context) -> pb.TrackResponse:
+        if self._events is None:
+            raise EventsOff("this sidecar records no events")
+        outcome = self._events.track(
+            flag=request.flag,
+            user_id=request.user_id,
+            metric=request.metric,
+            value=request.value,
+            time_ms=request.time_unix_ms,
+            idempotency_key=request.idempotency_key,
+        )
+        return pb.TrackResponse(event_id=outcome.event_id)
 
 
 def to_proto(a: Assignment) -> pb.Assignment:

@@ -27,6 +27,7 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 from sidecar.backends.base import BackendError, InferenceBackend, RawInferenceBackend
 from sidecar.circuit import CircuitBreaker
+from sidecar.events import EventRecording
 from sidecar.fallback import FallbackPolicy
 from sidecar.interceptor import ErrorInterceptor
 from sidecar.kserve_facade import KServeFacade
@@ -102,6 +103,7 @@ class Sidecar:
     tracer_provider: TracerProvider
     metrics: SidecarMetrics
     readiness: VersionReadiness
+    events: EventRecording | None = None
     server: grpc.aio.Server | None = None
     metrics_address: str = ""
     health: health.aio.HealthServicer | None = None
@@ -133,6 +135,8 @@ class Sidecar:
         metrics.watch_breaker(breaker)
         readiness = VersionReadiness()
         metrics.watch_readiness(readiness.unready, readiness.known)
+        events = EventRecording.build(settings, store)  # exposures and Track (sidecar.events)
+        events.watch(metrics.registry)
         signals = build_signal_recorder(settings, metrics)
         shadow = ShadowObserver(
             store,
@@ -147,7 +151,7 @@ class Sidecar:
             tracing=tracer_provider is not None or tracing_enabled(),
             trace_user_id=settings.trace_user_id,
             signals=signals,
-            extra=(shadow,),
+            extra=(shadow, *events.observers),
         )
         router = Router(
             store,
@@ -175,6 +179,7 @@ class Sidecar:
             provider,
             metrics,
             readiness,
+            events=events,
             signals=signals,
             shadow=shadow,
         )
@@ -196,6 +201,8 @@ class Sidecar:
             FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
             self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
         await self.source.start()
+        if self.events is not None:
+            await self.events.start()
         if self.signals is not None:
             self.signals.start()
         limit = self.settings.max_message_bytes
@@ -217,7 +224,8 @@ class Sidecar:
             serving=lambda: self.serving,
         )
         server.add_generic_rpc_handlers((facade.handler(),))
-        pb_grpc.add_TrafficSplitServicer_to_server(NativeService(self.router, rules), server)  # type: ignore[no-untyped-call]
+        native = NativeService(self.router, rules, self.events)
+        pb_grpc.add_TrafficSplitServicer_to_server(native, server)  # type: ignore[no-untyped-call]
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -329,5 +337,7 @@ class Sidecar:
         if self.signals is not None:  # after the last request: its second is flushed too
             await self.signals.close()
         await self.source.close()
+        if self.events is not None:
+            await self.events.close()  # writes what is buffered
         await self.backend.close()
         self.tracer_provider.shutdown()

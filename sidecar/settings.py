@@ -100,6 +100,26 @@ class Settings:
         "stop sending before the listener closes",
     )
     grace_s: float = _setting(5.0, "then wait this long for in-flight requests to finish")
+    events: str = _setting(
+        "auto",
+        "record exposures and accept Track outcomes: 'auto' (to Redis streams with a Redis URL, "
+        "else to --events-file if set) or 'off'",
+        choices=("auto", "off"),
+    )
+    events_redis_url: str | None = _setting(
+        None, "events to this Redis instead of --redis-url (keeps them apart from the flags)"
+    )
+    events_file: Path | None = _setting(None, "events as JSONL lines to this file when no Redis")
+    events_flush_interval_s: float = _setting(0.25, "how often buffered events are written")
+    events_max_buffer: int = _setting(
+        100_000, "events buffered while the destination is away; more are dropped and counted"
+    )
+    events_stream_max_len: int = _setting(
+        2_000_000, "MAXLEN (approximate) of each Redis event stream"
+    )
+    exposure_dedupe_capacity: int = _setting(
+        100_000, "exposure keys remembered per generation (two generations) to record each once"
+    )
     signals_redis_url: str | None = _setting(
         None,
         "write per-version signals (docs/rollouts.md) with this Redis URL, e.g. a user that may "

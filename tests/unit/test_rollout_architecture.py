@@ -5,7 +5,6 @@ from __future__ import annotations
 from support import ROOT
 from test_architecture import imported_modules
 
-
 # The golden-set gate runs models directly on the sidecar's engines (Triton, embedded
 # onnxruntime): its runner and command are the one adapter that may use serving code.
 ENGINE_ADAPTERS = frozenset({"golden_runner.py", "golden_cli.py"})
