@@ -59,6 +59,8 @@ class Target(_Strict):
     model: NonEmptyStr
     version: NonEmptyStr
     parameters: dict[NonEmptyStr, Scalar] = Field(default_factory=dict)
+    # A named backend of the sidecar (`--backend NAME=HOST:PORT`); absent: the default backend.
+    backend: Name | None = None
 
     @field_validator("version", mode="before")
     @classmethod

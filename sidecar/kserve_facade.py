@@ -23,6 +23,7 @@ from tritonclient.grpc import service_pb2 as kserve
 import sidecar
 from flags.store import FlagStore
 from sidecar import render, wire
+from sidecar.backends.base import InferenceBackend
 from sidecar.calls import MessageCall, RawCall, set_parameter
 from sidecar.errors import InvalidRequest
 from sidecar.routing import Router
@@ -90,13 +91,15 @@ class KServeFacade:
             },
         )
 
-    def _backend_target(self, model: str, version: str) -> tuple[str, str]:
-        """Which backend model/version answers metadata questions about ``model``."""
+    def _backend_target(self, model: str, version: str) -> tuple[InferenceBackend, str, str]:
+        """Which backend, model and version answer metadata questions about ``model``: the
+        flag's default variant (on its backend) unless a version is named."""
         flag = self._store.snapshot.get(model)
         if flag is None:
-            return model, version
+            return self._router.backend, model, version
         default = flag.spec.variants[flag.spec.default_variant]
-        return default.model, version or default.version
+        backend = self._router.backends.get(default.backend or "", self._router.backend)
+        return backend, default.model, version or default.version
 
     async def ServerLive(
         self, request: kserve.ServerLiveRequest, context: Context
@@ -118,24 +121,22 @@ class KServeFacade:
     async def ModelReady(
         self, request: kserve.ModelReadyRequest, context: Context
     ) -> kserve.ModelReadyResponse:
-        model, version = self._backend_target(request.name, request.version)
-        return kserve.ModelReadyResponse(
-            ready=await self._router.backend.model_ready(model, version)
-        )
+        backend, model, version = self._backend_target(request.name, request.version)
+        return kserve.ModelReadyResponse(ready=await backend.model_ready(model, version))
 
     async def ModelMetadata(
         self, request: kserve.ModelMetadataRequest, context: Context
     ) -> kserve.ModelMetadataResponse:
-        model, version = self._backend_target(request.name, request.version)
-        response = await self._router.backend.model_metadata(model, version)
+        backend, model, version = self._backend_target(request.name, request.version)
+        response = await backend.model_metadata(model, version)
         response.name = request.name
         return response
 
     async def ModelConfig(
         self, request: kserve.ModelConfigRequest, context: Context
     ) -> kserve.ModelConfigResponse:
-        model, version = self._backend_target(request.name, request.version)
-        return await self._router.backend.model_config(model, version)
+        backend, model, version = self._backend_target(request.name, request.version)
+        return await backend.model_config(model, version)
 
     async def ModelInfer(self, raw: bytes, context: Context) -> bytes:
         try:

@@ -50,11 +50,12 @@ class Hop:
     parameters: Mapping[str, Scalar] = field(default_factory=lambda: _EMPTY)
     # Bytes that retarget a serialized request here (sidecar.wire), precomputed for flag targets.
     wire_suffix: bytes = field(default=b"", compare=False, repr=False)
+    backend: str = ""  # a named backend (--backend NAME=HOST:PORT); "" is the default backend
+    key: str = field(default="", compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        """Identifies the model version for the circuit breaker and readiness."""
-        return f"{self.model}:{self.version}"
+    def __post_init__(self) -> None:
+        # The breaker's and readiness's key, computed once: read on every request.
+        object.__setattr__(self, "key", target_key(self.backend, self.model, self.version))
 
     def suffix_for(self, caller_keys: frozenset[str]) -> bytes:
         """The bytes that retarget a serialized request to this hop; parameters the caller set
@@ -72,9 +73,14 @@ class Hop:
         if len(_HOPS) > _MAX_CACHED_HOPS:
             _HOPS.clear()
         suffix = wire.retarget(target.model, target.version, target.parameters, frozenset())
-        hop = cls(target.model, target.version, target.parameters, suffix)
+        hop = cls(target.model, target.version, target.parameters, suffix, target.backend or "")
         _HOPS[id(target)] = (target, hop)  # holding the target keeps its id from being reused
         return hop
+
+
+def target_key(backend: str, model: str, version: str) -> str:
+    """``model:version`` on the default backend, ``backend/model:version`` on a named one."""
+    return f"{backend}/{model}:{version}" if backend else f"{model}:{version}"
 
 
 _MAX_CACHED_HOPS = 4096

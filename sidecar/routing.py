@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,15 @@ class Router:
         unflagged: UnflaggedPolicy | None = None,
         default_timeout_s: float = 30.0,
         max_in_flight: int = 0,
+        named_backends: Mapping[str, InferenceBackend] | None = None,
     ) -> None:
+        """``backend`` is the default backend; ``named_backends`` the ones a flag target may
+        name (``"backend": "NAME"``)."""
         self._store = store
         self._backend = backend
+        # "" is the default backend; each hop's backend is looked up here (one dict lookup).
+        self._backends: dict[str, InferenceBackend] = {"": backend, **(named_backends or {})}
+        self._labels = {"": backend.name, **{n: n for n in named_backends or {}}}
         self._observer = observer or TraceContextPassthrough()
         self._budget = budget or RetryBudget()
         self._breaker = breaker or CircuitBreaker()
@@ -79,11 +86,16 @@ class Router:
         self._max_in_flight = max_in_flight  # 0: unbounded
         self._in_flight = 0
         self._medians = MedianTracker()
-        self._backend_name = backend.name
 
     @property
     def backend(self) -> InferenceBackend:
+        """The default backend."""
         return self._backend
+
+    @property
+    def backends(self) -> Mapping[str, InferenceBackend]:
+        """Every backend by name; "" is the default."""
+        return self._backends
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -214,7 +226,12 @@ class Router:
         return self._budget.try_spend()
 
     def _skipped(self, hop: Hop, result: str) -> Attempt:
-        return Attempt(self._backend_name, hop.model, hop.version, result, 0.0)
+        return Attempt(self._label(hop), hop.model, hop.version, result, 0.0)
+
+    def _label(self, hop: Hop) -> str:
+        """The backend as spans and metrics name it: the engine for the default backend
+        ("triton", "onnxruntime"), the configured name for a named one."""
+        return self._labels.get(hop.backend, hop.backend)
 
     async def _attempt(
         self,
@@ -224,17 +241,25 @@ class Router:
         deadline: float,
         attempts: list[Attempt],
     ) -> tuple[Any, str]:
+        label = self._label(hop)
+        backend = self._backends.get(hop.backend)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise BackendError(
-                ErrorKind.DEADLINE_EXCEEDED,
-                "deadline passed before the call",
-                backend=self._backend_name,
+                ErrorKind.DEADLINE_EXCEEDED, "deadline passed before the call", backend=label
             )
-        metadata = self._observer.before_attempt(exchange, hop, self._backend_name)
+        metadata = self._observer.before_attempt(exchange, hop, label)
         started = time.perf_counter()
         try:
-            reply = await call.send(self._backend, hop, remaining, metadata)
+            if backend is None:
+                raise BackendError(
+                    ErrorKind.UNAVAILABLE,
+                    f"the flag routes {hop.model!r} version {hop.version} to backend "
+                    f"{hop.backend!r}, which this sidecar does not have (start it with "
+                    f"--backend {hop.backend}=HOST:PORT)",
+                    backend=label,
+                )
+            reply = await call.send(backend, hop, remaining, metadata)
         except BackendError as exc:
             self._end_attempt(exchange, attempts, hop, str(exc.kind), started, exc)
             raise
@@ -258,7 +283,7 @@ class Router:
         error: BaseException | None,
     ) -> float:
         seconds = time.perf_counter() - started
-        attempt = Attempt(self._backend_name, hop.model, hop.version, result, seconds)
+        attempt = Attempt(self._label(hop), hop.model, hop.version, result, seconds)
         attempts.append(attempt)
         self._observer.after_attempt(exchange, attempt, error)
         return seconds

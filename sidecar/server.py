@@ -34,8 +34,8 @@ from sidecar.kserve_facade import KServeFacade
 from sidecar.metrics import MetricsObserver, SidecarMetrics
 from sidecar.native_api import NativeService
 from sidecar.observers import FallbackLog, Observer, Observers, TraceContextPassthrough
-from sidecar.plan import UnflaggedPolicy
-from sidecar.readiness import VersionReadiness, default_targets, flag_targets, key_of
+from sidecar.plan import UnflaggedPolicy, target_key
+from sidecar.readiness import VersionReadiness, default_targets, flag_targets
 from sidecar.retry_budget import RetryBudget
 from sidecar.routing import Router
 from sidecar.settings import Settings
@@ -61,6 +61,16 @@ def build_backend(settings: Settings) -> InferenceBackend:
     return OnnxEmbeddedBackend(
         settings.model_repository, max_batch_delay_s=settings.batch_delay_ms / 1000
     )
+
+
+def build_named_backends(settings: Settings) -> dict[str, InferenceBackend]:
+    """The ``--backend NAME=HOST:PORT`` backends (Triton servers) flag targets may name."""
+    from sidecar.backends.triton import TritonBackend
+
+    return {
+        name: TritonBackend(address, max_message_bytes=settings.max_message_bytes)
+        for name, address in settings.named_backends().items()
+    }
 
 
 def build_source(settings: Settings, store: FlagStore) -> FlagSource:
@@ -156,6 +166,7 @@ class Sidecar:
         router = Router(
             store,
             backend,
+            named_backends=build_named_backends(settings),
             observer=observer,
             budget=RetryBudget(
                 ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
@@ -197,6 +208,9 @@ class Sidecar:
 
     async def start(self) -> str:
         await self.backend.start()
+        for named in self.router.backends.values():
+            if named is not self.backend:
+                await named.start()  # lazy channels: a named backend may come up later
         if self.settings.bootstrap_flags is not None:
             FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
             self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
@@ -265,7 +279,7 @@ class Sidecar:
             reasons.append(f"backend {self.backend.name} not ready")
         snapshot = self.store.snapshot
         unready = await self.readiness.refresh(
-            self.backend,
+            self.router.backends,
             flag_targets(snapshot, self.settings.stable_versions()),
             on_ready_again=self.router.breaker.reset,
         )
@@ -277,7 +291,8 @@ class Sidecar:
         if not has_routes:
             reasons.append("no flags loaded and no --stable version configured")
         if self.settings.require_default_ready:
-            missing = [key_of(*t) for t in default_targets(snapshot) if key_of(*t) in unready]
+            keys = (target_key(*t) for t in default_targets(snapshot))
+            missing = [key for key in keys if key in unready]
             if missing:
                 reasons.append(f"default versions not ready: {', '.join(sorted(missing))}")
         serving = not reasons
@@ -339,5 +354,6 @@ class Sidecar:
         await self.source.close()
         if self.events is not None:
             await self.events.close()  # writes what is buffered
-        await self.backend.close()
+        for backend in self.router.backends.values():
+            await backend.close()
         self.tracer_provider.shutdown()

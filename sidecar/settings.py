@@ -59,6 +59,12 @@ class Settings:
         choices=("refuse", "passthrough"),
     )
     triton_url: str | None = _setting(None, "Triton gRPC host:port; embedded onnxruntime if unset")
+    backend: tuple[str, ...] = _setting(
+        (),
+        "NAME=HOST:PORT: a named Triton backend that flag targets may route to with "
+        '"backend": "NAME" (repeatable; the environment variable takes a comma-separated list)',
+        repeatable=True,
+    )
     model_repository: Path = _setting(
         default_model_repository(),
         "model repository for the embedded engine (default: the bundled digits models)",
@@ -145,12 +151,31 @@ class Settings:
         """``--stable`` as model → version."""
         return dict(parse_stable(item) for item in self.stable)
 
+    def named_backends(self) -> dict[str, str]:
+        """``--backend`` as name → host:port."""
+        return dict(parse_named_backend(item) for item in self.backend)
+
 
 def parse_stable(item: str) -> tuple[str, str]:
     model, sep, version = item.partition("=")
     if not sep or not model.strip() or not version.strip():
         raise ValueError(f"--stable takes MODEL=VERSION (e.g. digits=1), not {item!r}")
     return model.strip(), version.strip()
+
+
+def parse_named_backend(item: str) -> tuple[str, str]:
+    name, sep, address = item.partition("=")
+    name, address = name.strip(), address.strip()
+    if (
+        not sep
+        or not name
+        or ":" not in address
+        or not name.replace("-", "").replace("_", "").isalnum()
+    ):
+        raise ValueError(
+            f"--backend takes NAME=HOST:PORT (a name of letters, digits, - and _), not {item!r}"
+        )
+    return name, address
 
 
 def _kind(f: dataclasses.Field[Any]) -> type:
@@ -223,6 +248,7 @@ def load_settings(
     settings = Settings(**values)
     try:
         settings.stable_versions()
+        settings.named_backends()
     except ValueError as exc:
         parser.error(str(exc))
     if min(settings.signals_retention_s, settings.signals_max_backlog) < 1:

@@ -51,3 +51,17 @@ def decode(response: kserve.ModelInferResponse) -> dict[str, npt.NDArray[Any]]:
         out.name: np.frombuffer(raw, dtype=dtypes[out.datatype]).reshape(list(out.shape))
         for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A Prometheus ``/metrics`` page as {(sample name, sorted labels): value}."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urlopen(url, timeout=5).read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

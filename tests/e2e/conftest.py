@@ -66,3 +66,10 @@ def slow_candidate_triton(triton_install: TritonInstall, tmp_path: Path) -> Iter
     """A Triton of this test's own whose digits v2 sleeps 2 s per batch (v1 takes ~1 ms)."""
     with start_triton(triton_install, tmp_path / "triton", delays={2: 2.0}) as server:
         yield server
+
+
+@pytest.fixture
+def triton_v2_only(triton_install: TritonInstall, tmp_path: Path) -> Iterator[TritonServer]:
+    """A Triton of this test's own that serves only digits version 2 (tests may kill it)."""
+    with start_triton(triton_install, tmp_path / "v2", versions=(2,)) as server:
+        yield server

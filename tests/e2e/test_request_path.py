@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as triton
 from otlp_receiver import OtlpReceiver
 from servers import wait_until
-from support import digits_flag
+from support import digits_flag, scrape
 from triton_harness import TritonServer
 from tritonclient.utils import InferenceServerException
 
@@ -31,19 +31,6 @@ def flag_file(tmp_path: Path) -> Path:
     path = tmp_path / "flags.json"
     path.write_text(json.dumps(digits_flag(**ALL_ON_CANDIDATE)))
     return path
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urlopen(url, timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def infer(client: triton.InferenceServerClient, user: str, timeout_s: float) -> Any:

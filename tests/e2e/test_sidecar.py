@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from otlp_receiver import OtlpReceiver
 from servers import RedisServer, wait_until
-from support import ROOT, digits_flag, make_request
+from support import ROOT, digits_flag, make_request, scrape
 from tritonclient.grpc import service_pb2 as kserve
 from tritonclient.utils import InferenceServerException
 
@@ -492,19 +492,6 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path: Path) -> None:
     assert "shutting down" in (tmp_path / "sidecar.log").read_text()
 
 
-def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from urllib.request import urlopen
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urlopen(url, timeout=5).read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
 def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> None:
     def requests(membership: str, variant: str, version: str, outcome: str, status: str) -> Any:
         labels = {"flag": "digits", "variant": variant, "membership": membership,
@@ -519,7 +506,7 @@ def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> No
         (("flag", "digits"), ("membership", "targeted"), ("outcome", "failed"),
          ("variant", "candidate")),
     )  # fmt: skip
-    before = _scrape(fresh.sidecar.metrics_url)
+    before = scrape(fresh.sidecar.metrics_url)
     for _ in range(3):
         fresh.infer("alice@example.com")  # allow-listed: targeted, not exposed
     tensor = triton.InferInput("pixels", [1, 64], "FP32").set_data_from_numpy(PIXELS[:1])
@@ -530,7 +517,7 @@ def test_metrics_count_requests_by_cohort_and_served_version(fresh: Stack) -> No
             [triton.InferInput("pixels", [1, 63], "FP32").set_data_from_numpy(PIXELS[:1, :63])],
             headers={"x-user-id": "alice@example.com"},
         )
-    metrics = _scrape(fresh.sidecar.metrics_url)
+    metrics = scrape(fresh.sidecar.metrics_url)
     assert metrics[targeted] == before.get(targeted, 0.0) + 3
     assert metrics[pinned] == before.get(pinned, 0.0) + 1  # a pin is never an experiment group
     assert metrics[failed] == before.get(failed, 0.0) + 1
@@ -569,7 +556,7 @@ def test_redis_outage_while_serving(fresh_redis: RedisServer, tmp_path: Path) ->
             return str(response.model_version)
 
         def stale() -> float:
-            return _scrape(sidecar.metrics_url)[("trafficsplit_flag_store_stale", ())]
+            return scrape(sidecar.metrics_url)[("trafficsplit_flag_store_stale", ())]
 
         before = {u: version(u) for u in (f"o-{i}" for i in range(50))}
         fresh_redis.kill()

@@ -173,7 +173,7 @@ def test_version_not_ready_is_skipped() -> None:
         async def version_states(self, targets: Any) -> dict[Any, str | None]:
             return {(m, v): "not loaded" if v == "2" else None for m, v in targets}
 
-    asyncio.run(readiness.refresh(Unready(), [("digits", "1"), ("digits", "2")]))  # type: ignore[arg-type]
+    asyncio.run(readiness.refresh({"": Unready()}, [("", "digits", "1"), ("", "digits", "2")]))  # type: ignore[dict-item]
     backend = ScriptedBackend()
     router, recorder = make_router(backend, ALL_ON_CANDIDATE, readiness=readiness)
     routed = infer(router)
@@ -329,3 +329,43 @@ def test_a_deadline_shorter_than_the_stable_versions_median_is_refused_early() -
         infer(router, timeout=0.01)
     assert len(backend.calls) == calls  # no backend slot taken by a request that cannot make it
     assert len(recorder.rejected) == 1
+
+
+ON_BACKEND_B = {
+    "rules": [],
+    "allocation": {"split": {"control": 0, "candidate": 100}},
+    "variants": {
+        "control": {"model": "digits", "version": "1"},
+        "candidate": {"model": "digits", "version": "2", "backend": "b"},
+    },
+}
+
+
+def test_a_variant_on_a_named_backend_is_called_there() -> None:
+    default, named = ScriptedBackend(), ScriptedBackend()
+    router, recorder = make_router(default, ON_BACKEND_B, named_backends={"b": named})
+    routed = infer(router)
+    assert routed.assignment.served_version == "2"
+    assert [v for v, _ in named.calls] == ["2"] and default.calls == []
+    attempt = only(recorder).attempts[0]
+    assert (attempt.backend, attempt.version, attempt.result) == ("b", "2", "OK")
+
+
+def test_a_failing_named_backend_falls_back_to_the_default_backend() -> None:
+    default, named = ScriptedBackend(), ScriptedBackend({"2": ErrorKind.UNAVAILABLE})
+    breaker = CircuitBreaker(threshold=1, cool_down_s=60)
+    router, recorder = make_router(
+        default, ON_BACKEND_B, named_backends={"b": named}, breaker=breaker
+    )
+    assert infer(router).assignment.served_version == "1"
+    assert breaker.is_open("b/digits:2") and not breaker.is_open("digits:2")  # per backend
+    infer(router)
+    assert attempts(recorder.outcomes[-1]) == [("2", "CIRCUIT_OPEN"), ("1", "OK")]
+
+
+def test_a_target_on_an_unconfigured_backend_falls_back_and_says_so() -> None:
+    router, recorder = make_router(ScriptedBackend(), ON_BACKEND_B)
+    routed = infer(router)
+    assert routed.assignment.served_version == "1"
+    assert routed.assignment.fallback is FallbackCause.ERROR
+    assert only(recorder).attempts[0].result == "UNAVAILABLE"
