@@ -31,7 +31,7 @@ from flags.redis_keys import RedisKeys
 from flags.schema import FlagSpec, Guardrails
 from rollout.decide import Action, Kind, decide
 from rollout.gates import GateCheck, GateVerdict, GoldenRunner, gate_action
-from rollout.gating import MAX_TEXT, Gatekeeper, records
+from rollout.gating import MAX_TEXT, Gatekeeper, gates_evidence, records
 from rollout.guardrails import COMPARED_GROUPS, Baseline, Verdict, baseline_of, judge
 from rollout.lease import Lease
 from rollout.metrics import ControllerMetrics
@@ -248,18 +248,12 @@ class Controller:
         checks: list[GateCheck],
         gates: dict[str, GateRecord],
     ) -> None:
-        state = stored.state
-        now = self._clock()
-        evidence = {"gates": {name: g.model_dump(mode="json") for name, g in gates.items()}}
-        new = state.with_changes(
-            phase=Phase.BLOCKED,
-            gates=gates,
-            updated_at=now,
-            event=Event(at=now, event="blocked", actor=self.config.replica,
-                        detail=action.reason[:MAX_TEXT]),
-        )  # fmt: skip
+        state, now = stored.state, self._clock()
+        evidence = gates_evidence(gates)
+        event = Event(at=now, event="blocked", actor=self.config.replica,
+                      detail=action.reason[:MAX_TEXT])  # fmt: skip
         store.write(
-            new,
+            state.with_changes(phase=Phase.BLOCKED, gates=gates, updated_at=now, event=event),
             stored,
             action="rollout.blocked",
             reason=action.reason,
@@ -269,32 +263,15 @@ class Controller:
         failed = [str(c.gate) for c in checks if c.verdict is GateVerdict.FAIL]
         for gate in failed:
             self.metrics.blocked.labels(spec.key, gate).inc()
-        log_event(
-            "rollout_blocked",
-            flag=spec.key,
-            variant=state.variant,
-            gates=failed,
-            reason=action.reason,
-            evidence=evidence,
-        )
+        fields = {"flag": spec.key, "variant": state.variant, "failed": failed}
+        log_event("rollout_blocked", **fields, reason=action.reason, evidence=evidence)
         url = (spec.guardrails or DEFAULT_GUARDRAILS).notify
         if url:
             text = (
                 f":no_entry: trafficsplit blocked the rollout of {spec.key!r}: {state.variant!r} "
                 f"did not start, users stay on {spec.default_variant!r}. {action.reason}"
             )
-            self._webhooks.post(
-                url,
-                slack_payload(
-                    text,
-                    {
-                        "flag": spec.key,
-                        "variant": state.variant,
-                        "failed": failed,
-                        "evidence": evidence,
-                    },
-                ),
-            )
+            self._webhooks.post(url, slack_payload(text, {**fields, "evidence": evidence}))
 
     def _judge(
         self, spec: FlagSpec, state: RolloutState, g: Guardrails
@@ -390,7 +367,7 @@ class Controller:
         if verdict is not None:
             evidence: dict[str, object] | None = verdict.to_json()
         elif gates:
-            evidence = {"gates": {name: g.model_dump(mode="json") for name, g in gates.items()}}
+            evidence = gates_evidence(gates)
         else:
             evidence = None
         store.write(

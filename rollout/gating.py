@@ -10,7 +10,7 @@ before the rollout was started counts: mirroring first, then starting, is the in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import redis
 
@@ -107,3 +107,8 @@ def records(checks: Sequence[GateCheck], now: float) -> dict[str, GateRecord]:
         )
         for c in checks
     }
+
+
+def gates_evidence(gates: Mapping[str, GateRecord]) -> dict[str, object]:
+    """The audit record's evidence for a decision the gates made."""
+    return {"gates": {name: g.model_dump(mode="json") for name, g in gates.items()}}
