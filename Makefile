@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -60,6 +60,15 @@ $(CONFIDENCE_VENV)/.installed:
 	$(CONFIDENCE_VENV)/bin/python -m pip install -q 'spotify-confidence==4.1.0'
 	@touch $@
 
+# flagd's pre-v3 fractional (the string flagKey + targetingKey), the reference for legacy hashing:
+# openfeature-flagd-core 1.0.0 shares its module path with the 2.0.0 in the project's venv.
+FLAGD_LEGACY_VENV := .venv-flagd-legacy
+$(FLAGD_LEGACY_VENV)/.installed:
+	@[ -x $(FLAGD_LEGACY_VENV)/bin/python ] || $(PYTHON) -m venv $(FLAGD_LEGACY_VENV)
+	$(FLAGD_LEGACY_VENV)/bin/python -m pip install -q 'openfeature-flagd-core==1.0.0'
+	@touch $@
+
+flagd-legacy-venv: $(FLAGD_LEGACY_VENV)/.installed
 gbstats-venv: $(GBSTATS_VENV)/.installed
 confidence-venv: $(CONFIDENCE_VENV)/.installed
 
@@ -68,7 +77,7 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server triton-venv gbstats-venv
+test: deps redis-server triton-venv gbstats-venv flagd-legacy-venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps
