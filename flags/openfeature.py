@@ -8,7 +8,7 @@ memory): the same validated, compiled snapshot the sidecar serves from, evaluate
 ``flags.snapshot.evaluate``, so a user gets the same variant here as through the sidecar.
 
 * ``get_object_details(key, default, ctx)``: the variant's target as a dict (model, version,
-  parameters); ``get_string_details``: the variant name. Booleans and numbers: TYPE_MISMATCH.
+  parameters, and backend when it names one); ``get_string_details``: the variant name. Booleans and numbers: TYPE_MISMATCH.
 * Reasons: DISABLED (kill switch), TARGETING_MATCH (a rule), SPLIT (the allocation), DEFAULT
   (outside coverage), STATIC (a flag with neither rules nor allocation), ERROR with FLAG_NOT_FOUND,
   TARGETING_KEY_MISSING, INVALID_CONTEXT, TYPE_MISMATCH or GENERAL; on ERROR the SDK hands the
@@ -106,7 +106,7 @@ class TrafficSplitProvider(AbstractProvider):
             return _failure(default_value, *error)
         value: ObjectValue = default_value
         if resolution.target is not None:
-            value = resolution.target.model_dump(mode="json")
+            value = resolution.target.model_dump(mode="json", exclude_none=True)
         return _details(value, resolution, flag)
 
     def resolve_string_details(
