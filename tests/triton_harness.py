@@ -427,9 +427,7 @@ def build_tokens_repository(
         (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
         (model_dir / str(version) / "model.py").write_text(TOKENS_MODEL_PY)
     (model_dir / "config.pbtxt").write_text(
-        TOKENS_CONFIG_PBTXT.format(
-            name=TOKENS_MODEL, versions=", ".join(str(v) for v in versions)
-        )
+        TOKENS_CONFIG_PBTXT.format(name=TOKENS_MODEL, versions=", ".join(str(v) for v in versions))
         + "".join(
             f'parameters {{ key: "fail_file_v{v}" value: {{ string_value: "{f}" }} }}\n'
             for v, f in (fail_files or {}).items()

@@ -236,8 +236,8 @@ def test_malformed_messages_end_the_stream_with_invalid_argument(
     flag = tokens_flag({"control": 100, "candidate": 0})
     with start_sidecar(tmp_path, tokens_triton.grpc_url, flag) as sidecar:
         first_bad, first_error = raw_stream(sidecar.address, [b"\x0a\x02\xff\xfe"])
-        later_bad, later_error = raw_stream(sidecar.address, [raw_request(1), b"\x12\x05ab"])
-        other_model, other_error = raw_stream(
+        _, later_error = raw_stream(sidecar.address, [raw_request(1), b"\x12\x05ab"])
+        _, other_error = raw_stream(
             sidecar.address, [raw_request(1), raw_request(1, model="digits")]
         )
         fine, fine_error = raw_stream(sidecar.address, [raw_request(2)])
