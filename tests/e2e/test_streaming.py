@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ import pytest
 import tritonclient.grpc as triton
 from otlp_receiver import OtlpReceiver
 from servers import wait_until
-from support import digits_flag, scrape
+from support import ROOT, digits_flag, scrape
 from triton_harness import (
     TOKENS_MODEL,
     TritonInstall,
@@ -265,3 +268,19 @@ def test_the_embedded_engine_answers_unimplemented(tmp_path: Path) -> None:
     assert responses == [] and error is not None
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "only in front of Triton" in (error.details() or "")
+
+
+def test_the_documented_snippet_runs(tokens_triton: TritonServer, tmp_path: Path) -> None:
+    """docs/streaming.md's Python block, run as written against a sidecar for ``tokens``."""
+    [code] = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "streaming.md").read_text(), re.S)
+    assert "127.0.0.1:8500" in code
+    flag = tokens_flag({"control": 50, "candidate": 50})
+    with start_sidecar(tmp_path, tokens_triton.grpc_url, flag) as sidecar:
+        script = code.replace("127.0.0.1:8500", sidecar.address)
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 0, result.stderr
+    printed = re.fullmatch(r"([12]) (control|candidate)\n", result.stdout)
+    assert printed is not None, result.stdout
+    assert (printed[1] == "2") == (printed[2] == "candidate")
