@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server prometheus triton-venv gbstats-venv confidence-venv nginx clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -35,6 +35,14 @@ redis-server:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server openssl >/dev/null; }
 	@command -v redis-server >/dev/null
+
+# Debian's prometheus (server and promtool): the rule checks and the real-Prometheus test
+# (deploy/prometheus, tests/e2e/test_prometheus.py). Without recommends: no exporters, no service.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null
 
 # Triton's server binary ships in the nvidia-pytriton wheel; it pins numpy<2, so it gets its own
 # virtualenv rather than constraining the project's.
@@ -68,7 +76,7 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server triton-venv gbstats-venv
+test: deps redis-server prometheus triton-venv gbstats-venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps
