@@ -222,7 +222,7 @@ class _StoreCollector(Collector):
         # with it (deploy/prometheus/), and only the flag knows which variant is the default.
         variants = GaugeMetricFamily(
             "trafficsplit_flag_variant_info",
-            "1 for each variant of each flag being served, with its target; default=\"true\" for "
+            '1 for each variant of each flag being served, with its target; default="true" for '
             "the default (stable) variant.",
             labels=["flag", "variant", "model", "version", "default"],
         )

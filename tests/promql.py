@@ -31,8 +31,9 @@ _TOKEN = re.compile(
 )
 _MATCHER_LABEL = re.compile(r"""([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)""")
 _AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile".split()
-)
+    {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+     "topk", "quantile"}
+)  # fmt: skip
 _GROUPING = frozenset({"by", "without"})
 _MATCHING = frozenset({"on", "ignoring", "group_left", "group_right"})
 _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"})
@@ -157,9 +158,9 @@ def _scope(
     if tokens[keyword][1] not in _GROUPING:
         return None
     before = tokens[keyword - 1] if keyword else ("", "")
-    if before[0] == "ident" and before[1] in _AGGREGATIONS:  # sum by (x) (arg)
-        if close + 1 < len(tokens) and tokens[close + 1] == ("paren", "("):
-            return close + 1, partners[close + 1]
+    argument = close + 1 < len(tokens) and tokens[close + 1] == ("paren", "(")
+    if before[0] == "ident" and before[1] in _AGGREGATIONS and argument:  # sum by (x) (arg)
+        return close + 1, partners[close + 1]
     if before == ("paren", ")"):  # sum (arg) by (x)
         return partners[keyword - 1], keyword - 1
     return None

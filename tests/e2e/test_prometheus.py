@@ -39,10 +39,15 @@ from sidecar.launcher import SidecarProcess
 pytestmark = [pytest.mark.redis, pytest.mark.triton, pytest.mark.prometheus]
 
 ROOT = Path(__file__).resolve().parents[2]
-RULE_FILES = [ROOT / "deploy" / "prometheus" / n for n in ("recording-rules.yml", "alerting-rules.yml")]
+RULE_FILES = [
+    ROOT / "deploy" / "prometheus" / n for n in ("recording-rules.yml", "alerting-rules.yml")
+]
 DASHBOARD = ROOT / "deploy" / "grafana" / "trafficsplit-dashboard.json"
 PIXELS = np.zeros((1, 64), np.float32)
-HALF_AND_HALF = {"rules": [], "allocation": {"coverage": 100, "split": {"control": 50, "candidate": 50}}}
+HALF_AND_HALF = {
+    "rules": [],
+    "allocation": {"coverage": 100, "split": {"control": 50, "candidate": 50}},
+}
 # Grafana's variables, as Grafana would substitute them (all flags, a short range).
 GRAFANA = {
     "$__rate_interval": "1m", "$__range": "5m", "$__interval": "1s", "$flag": ".*", "$membership": ".*"
@@ -87,7 +92,9 @@ def infer(client: triton.InferenceServerClient, user: str) -> tuple[str, str, st
 
 @pytest.fixture(scope="module")
 def stack(
-    redis_server: RedisServer, triton_install: TritonInstall, tmp_path_factory: pytest.TempPathFactory
+    redis_server: RedisServer,
+    triton_install: TritonInstall,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prometheus-stack")
     prefix = "promtest:"
@@ -236,4 +243,3 @@ def test_rules_read_only_series_and_labels_the_sidecar_exports(stack: Stack) -> 
     raw = {m for r in rules for m in references(r["expr"]).metrics} - recorded
     assert raw <= stack.exported().keys()
     assert {m for m in raw if re.match(r"trafficsplit_(events|signal)_", m)}  # covered too
-

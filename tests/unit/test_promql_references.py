@@ -37,7 +37,9 @@ def test_names_labels_and_scoped_groupings() -> None:
         Grouping(
             "on",
             frozenset({"flag"}),
-            frozenset({"trafficsplit_request_duration_seconds_bucket", "trafficsplit_flag_revision"}),
+            frozenset(
+                {"trafficsplit_request_duration_seconds_bucket", "trafficsplit_flag_revision"}
+            ),
         ),
         Grouping("group_left", frozenset(), refs.metrics),
         Grouping("by", frozenset({"flag"}), frozenset({"trafficsplit_flag_revision"})),
