@@ -37,7 +37,9 @@ redis-server:
 	@command -v redis-server >/dev/null
 
 # Debian's prometheus (server and promtool): the rule checks and the real-Prometheus test
-# (deploy/prometheus, tests/e2e/test_prometheus.py). Without recommends: no exporters, no service.
+# (deploy/prometheus, tests/e2e/test_prometheus.py). Without recommends: no exporters. On a host
+# that runs systemd the package also starts its own service on :9090 (the tests never use it; they
+# start theirs on a free loopback port): `systemctl disable --now prometheus` if you do not want it.
 prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
