@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -35,6 +35,16 @@ redis-server:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server openssl >/dev/null; }
 	@command -v redis-server >/dev/null
+
+# Debian's prometheus (server and promtool): the rule checks and the real-Prometheus test
+# (deploy/prometheus, tests/e2e/test_prometheus.py). Without recommends: no exporters. On a host
+# that runs systemd the package also starts its own service on :9090 (the tests never use it; they
+# start theirs on a free loopback port): `systemctl disable --now prometheus` if you do not want it.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null
 
 # Triton's server binary ships in the nvidia-pytriton wheel; it pins numpy<2, so it gets its own
 # virtualenv rather than constraining the project's.
@@ -77,7 +87,7 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server triton-venv gbstats-venv flagd-legacy-venv
+test: deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps
