@@ -106,9 +106,11 @@ def interval_over_time(
         seq = band([p.sequential_ci.low for p in points], [p.sequential_ci.high for p in points])
         fix = band([p.fixed_ci.low for p in points], [p.fixed_ci.high for p in points])
         if len(points) == 1:  # one day: bars, since a band needs two ends
-            for (x, lo, hi), colour, width in ((seq, "#0969da", 10), (fix, "#1f2328", 4)):
+            bars = ((seq, "#0969da", 10, f"always-valid {level} (look any day)"),
+                    (fix, "#1f2328", 4, f"fixed-horizon {level} (one planned look)"))  # fmt: skip
+            for (x, lo, hi), colour, width, label in bars:
                 if x:
-                    ax.vlines(x, lo, hi, colors=colour, linewidth=width, alpha=0.45)
+                    ax.vlines(x, lo, hi, colors=colour, linewidth=width, alpha=0.45, label=label)
         else:
             ax.fill_between(seq[0], seq[1], seq[2], color="#0969da", alpha=0.18,
                             label=f"always-valid {level} (look any day)")  # fmt: skip
