@@ -115,7 +115,9 @@ def test_keep_running_says_until_when_and_invalid_says_why() -> None:
     store.add([e for e in events if e.user_id not in dropped])
     broken = spec()
     assert broken.experiment is not None
-    invalid = build_report(broken.experiment, experiment_data(store, broken, now_ms=T0 + 3 * DAY_MS))
+    invalid = build_report(
+        broken.experiment, experiment_data(store, broken, now_ms=T0 + 3 * DAY_MS)
+    )
     assert invalid.decision.verdict == "invalid" and headline(invalid) == "Invalid"
     page = render_html(invalid, HEADER)
     assert "Sample ratio mismatch in phase" in page and "mismatch</div>" in page
