@@ -155,6 +155,7 @@ def rollout_flag(hold_s: float, min_requests: int | None, share: float = 0.0) ->
         guardrails={} if min_requests is None else {"min_requests": min_requests},
     )
     doc.pop("shadow", None)
+    doc.pop("experiment", None)  # rollbacks are measured without exposure recording
     return doc
 
 
