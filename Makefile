@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx chromium clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -87,7 +87,12 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv
+# Debian's chromium: the report test renders `flagctl report --html` in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv chromium
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps

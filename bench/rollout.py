@@ -160,6 +160,7 @@ def rollout_flag(
     doc.pop("shadow", None)
     if golden:
         doc["golden"] = {"max_accuracy_drop": 0.01}
+    doc.pop("experiment", None)  # rollbacks are measured without exposure recording
     return doc
 
 
