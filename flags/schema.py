@@ -235,6 +235,9 @@ class Guardrails(_Strict):
     short_min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 20
     relative_error_alpha: Annotated[float, Field(gt=0, lt=0.5, allow_inf_nan=False)] | None = 0.01
     notify: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    # The p99 rule also needs the candidate's p99 to exceed the control's by this much: at
+    # sub-millisecond latencies a ratio is scheduler noise, not a regression users see.
+    p99_min_increase_ms: Annotated[float, Field(ge=0, le=600_000, allow_inf_nan=False)] = 2.0
 
     @field_validator("notify")
     @classmethod

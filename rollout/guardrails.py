@@ -11,7 +11,8 @@ judged against a higher threshold and a lower request floor). Rules, each off wh
   Fisher exact test at that significance (exact, so 1 error in 30 requests does not trip it, where
   a normal-approximation z-test would);
 * ``max_p99_latency_ratio``: candidate p99 > ratio x control p99 over the same (long) window,
-  once both have 100 samples (a p99 of fewer is the maximum: one slow request would decide).
+  once both have 100 samples (a p99 of fewer is the maximum: one slow request would decide), and
+  by more than ``p99_min_increase_ms`` (2 ms): below that a ratio is scheduler noise.
 
 Only ``exposed`` traffic is compared: both versions' users were put there by the same random
 split, so their difference is the version's doing. Allow-listed (targeted) users are self-chosen,
@@ -194,7 +195,8 @@ def _long_rules(g: Guardrails, cand: Evidence, ctrl: Evidence) -> list[Fired]:
     sampled = min(cand.attempts, ctrl.attempts) >= P99_MIN_SAMPLES
     if ratio is not None and sampled and cand.p99_s is not None and ctrl.p99_s:
         observed = cand.p99_s / ctrl.p99_s
-        if observed > ratio:
+        increase_ms = (cand.p99_s - ctrl.p99_s) * 1e3
+        if observed > ratio and increase_ms > g.p99_min_increase_ms:
             fired.append(
                 Fired(
                     Rule.P99_RATIO,

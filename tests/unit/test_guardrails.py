@@ -130,6 +130,12 @@ def test_p99_ratio_against_the_control_over_the_same_window() -> None:
     assert 2.8 < fired.observed < 3.2
     near = verdict(g, window(stats(200, 0, 0.012), stats(3800, 0, 0.010)))
     assert near.status is Status.HOLDING
+    # 3x, but 1.5 ms vs 0.5 ms: under the 2 ms floor, noise rather than a regression.
+    tiny = verdict(g, window(stats(200, 0, 0.0015), stats(3800, 0, 0.0005)))
+    assert tiny.status is Status.HOLDING and tiny.fired == ()
+    floorless = Guardrails(max_error_rate=None, relative_error_alpha=None,
+                           max_p99_latency_ratio=1.5, p99_min_increase_ms=0)  # fmt: skip
+    assert verdict(floorless, window(stats(200, 0, 0.0015), stats(3800, 0, 0.0005))).fired
     # 99 samples: the p99 would be the slowest one; not judged yet (the rest still is)
     g50 = Guardrails(max_error_rate=None, max_p99_latency_ratio=1.5, min_requests=50)
     few = verdict(g50, window(stats(99, 0, 0.030), stats(3800, 0, 0.010)))
