@@ -7,18 +7,33 @@ default backend (``--triton-url``). Fallback, the breaker, readiness and metrics
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
 from servers import wait_until
-from support import digits_flag, scrape
+from support import ROOT, digits_flag, scrape
 from triton_harness import TritonServer
 
 from sidecar.launcher import SidecarProcess
 
 PIXELS = np.zeros((1, 64), np.float32)
+
+
+def documented_snippets() -> tuple[str, dict[str, Any]]:
+    """The sidecar command and the flag's variants of the "Several backends" sections of the
+    README and docs/operations.md (the same in both)."""
+    found = []
+    for doc in ("README.md", "docs/operations.md"):
+        section = (ROOT / doc).read_text().split("## Several backends", 1)[1].split("\n## ", 1)[0]
+        command = re.findall(r"```bash\n(.*?)```", section, flags=re.S)[0].strip()
+        variants = json.loads(re.findall(r"```json\n(.*?)```", section, flags=re.S)[0])
+        found.append((command, variants))
+    assert found[0] == found[1], "README and docs/operations.md show different snippets"
+    return found[0]
 
 
 def infer(client: triton.InferenceServerClient, user: str) -> Any:
@@ -30,12 +45,14 @@ def infer(client: triton.InferenceServerClient, user: str) -> Any:
 def test_version_2_on_its_own_triton_and_that_triton_killed(
     triton_v1_only: TritonServer, triton_v2_only: TritonServer, tmp_path: Path
 ) -> None:
-    flag = digits_flag(rules=[], allocation={"split": {"control": 50, "candidate": 50}})
-    flag["variants"]["candidate"]["backend"] = "b"
+    command, variants = documented_snippets()
+    flag = digits_flag(rules=[], allocation={"split": {"control": 50, "candidate": 50}}, **variants)
     path = tmp_path / "flags.json"
     path.write_text(json.dumps(flag))
-    args = ["--triton-url", triton_v1_only.grpc_url, "--backend", f"b={triton_v2_only.grpc_url}",
-            "--flags-file", str(path), "--metrics-listen", "127.0.0.1:0"]  # fmt: skip
+    command = command.replace("triton-a:8001", triton_v1_only.grpc_url)
+    command = command.replace("triton-b:8001", triton_v2_only.grpc_url)
+    command = command.replace("flags.json", str(path))
+    args = [*shlex.split(command)[1:], "--metrics-listen", "127.0.0.1:0"]
     with SidecarProcess(args, stderr_path=tmp_path / "sidecar.log") as sidecar:
         client = triton.InferenceServerClient(sidecar.address)
         users = [f"user-{i}" for i in range(40)]
