@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, start_http_server
@@ -31,7 +32,13 @@ from tritonclient.grpc import service_pb2 as kserve
 
 from flags.schema import Scalar
 from flags.store import FlagStore
-from inproc.errors import ConfigurationError, InProcessError, InvalidInput, translate
+from inproc.errors import (
+    BackendFailure,
+    ConfigurationError,
+    InProcessError,
+    InvalidInput,
+    translate,
+)
 from inproc.tensors import Array, Inputs, build_request, decode_outputs
 from sidecar.assembly import RequestPath
 from sidecar.backends.base import BackendError
@@ -217,7 +224,14 @@ class InProcessClient:
         except (RequestError, BackendError) as exc:
             raise translate(exc) from exc
         response: kserve.ModelInferResponse = routed.response
-        return InferenceResult(decode_outputs(response), routed.assignment, response)
+        try:
+            decoded = decode_outputs(response)
+        except ValueError as exc:  # the backend's bytes do not fit its own shapes
+            raise BackendFailure(
+                f"model {model!r} answered outputs that do not decode: {exc}",
+                code=grpc.StatusCode.INTERNAL,
+            ) from exc
+        return InferenceResult(decoded, routed.assignment, response)
 
     def assign(
         self, model: str, *, user_id: str, attributes: Attributes | None = None

@@ -15,6 +15,7 @@ import numpy.typing as npt
 from tritonclient.grpc import InferInput
 from tritonclient.grpc import service_pb2 as kserve
 from tritonclient.utils import (
+    deserialize_bf16_tensor,
     deserialize_bytes_tensor,
     np_to_triton_dtype,
     serialize_byte_tensor,
@@ -102,7 +103,8 @@ def _add_infer_input(request: kserve.ModelInferRequest, item: Any) -> None:
 
 
 def decode_outputs(response: kserve.ModelInferResponse) -> dict[str, Array]:
-    """Every output of ``response`` as a numpy array of its shape."""
+    """Every output of ``response`` as a numpy array of its shape. Raises ValueError when the
+    bytes do not fit the shape and datatype (a backend bug, not the caller's)."""
     raws = response.raw_output_contents
     decoded: dict[str, Array] = {}
     for index, output in enumerate(response.outputs):
@@ -110,12 +112,10 @@ def decode_outputs(response: kserve.ModelInferResponse) -> dict[str, Array]:
         if index < len(raws):
             if output.datatype == "BYTES":
                 array = deserialize_bytes_tensor(raws[index])
+            elif output.datatype == "BF16":  # numpy has no bfloat16: widened to float32
+                array = deserialize_bf16_tensor(raws[index])
             else:
-                dtype = triton_to_np_dtype(output.datatype)
-                if dtype is None:  # BF16 (no numpy dtype): the raw bytes, flat (docs/inprocess.md)
-                    decoded[output.name] = np.frombuffer(raws[index], dtype=np.uint8)
-                    continue
-                array = np.frombuffer(raws[index], dtype=dtype)
+                array = np.frombuffer(raws[index], dtype=triton_to_np_dtype(output.datatype))
         elif output.contents.bytes_contents:
             array = np.array(list(output.contents.bytes_contents), dtype=np.object_)
         else:
