@@ -142,3 +142,21 @@ def test_settings_take_strings_for_paths_and_repeatables() -> None:
     client = InProcessClient.from_settings(flags_file=str(flags), stable="other=3")
     assert client.settings.flags_file == flags
     assert client.settings.stable_versions() == {"other": "3"}
+
+
+def test_nothing_the_sidecar_or_the_cores_import_depends_on_inproc() -> None:
+    import ast
+
+    offenders = []
+    for package in ("flags", "signals", "sidecar", "experiments", "rollout"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                offenders += [f"{path}: {n}" for n in names if n.split(".")[0] == "inproc"]
+    assert offenders == []
