@@ -25,7 +25,9 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 import grpc
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, start_http_server
 from tritonclient.grpc import service_pb2 as kserve
@@ -49,6 +51,7 @@ from sidecar.outcome import Assignment
 from sidecar.routing import Router
 from sidecar.settings import Settings
 from sidecar.subjects import SubjectRules, checked_subject
+from sidecar.telemetry import build_tracer_provider, inject_metadata, tracing_enabled
 
 log = logging.getLogger("inproc")
 
@@ -80,9 +83,14 @@ class InferenceResult(NamedTuple):
 class InProcessClient:
     """Route inference by flag cohort from inside the app; use as ``async with``."""
 
-    def __init__(self, path: RequestPath, *, owns_tracer: bool = True) -> None:
+    def __init__(
+        self, path: RequestPath, *, owns_tracer: bool = True, traced: bool = False
+    ) -> None:
+        """Prefer :meth:`from_settings`; this takes a request path built elsewhere (``traced``:
+        whether it has a tracing observer; if not, the app's trace context is passed on)."""
         s = path.settings
         self._path = path
+        self._context = _no_context if traced else app_context
         self._router = path.router
         self._owns_tracer = owns_tracer
         self._rules = SubjectRules(
@@ -114,13 +122,16 @@ class InProcessClient:
         sidecar does). Raises :class:`ConfigurationError` for a setting that does not exist or
         does not parse."""
         settings = _settings(settings or Settings(), overrides)
+        provider = tracer_provider or build_tracer_provider()
+        traced = records_spans(provider, explicit=tracer_provider is not None)
         path = RequestPath.build(
             settings,
-            tracer_provider=tracer_provider,
+            tracer_provider=provider,
             registry=registry,
             span_kind=SpanKind.INTERNAL,  # the app's span is the parent; no server here
+            tracing=traced,
         )
-        return cls(path, owns_tracer=tracer_provider is None)
+        return cls(path, owns_tracer=tracer_provider is None, traced=traced)
 
     @property
     def settings(self) -> Settings:
@@ -219,7 +230,7 @@ class InProcessClient:
         )
         try:
             routed = await self._router.infer(
-                MessageCall(request), subject, timeout=timeout, rpc=RPC
+                MessageCall(request), subject, timeout=timeout, rpc=RPC, metadata=self._context()
             )
         except (RequestError, BackendError) as exc:
             raise translate(exc) from exc
@@ -285,6 +296,29 @@ class InProcessClient:
             return checked_subject(user_id, text, self._rules, where="user_id=")
         except RequestError as exc:
             raise translate(exc) from exc
+
+
+def records_spans(provider: TracerProvider, *, explicit: bool) -> bool:
+    """Whether a tracing observer would record anything. A provider whose sampler drops every
+    span (``OTEL_TRACES_SAMPLER=always_off``) records nothing, yet starting two non-recording
+    spans per request costs tens of microseconds: then the request path has no tracing
+    observer, and the app's trace context still reaches Triton (:func:`app_context`)."""
+    if provider.sampler is ALWAYS_OFF:
+        return False
+    return explicit or tracing_enabled()
+
+
+def _no_context() -> tuple[tuple[str, str], ...]:
+    return ()
+
+
+def app_context() -> tuple[tuple[str, str], ...]:
+    """The app's current trace context as metadata, for the request path to pass on when it
+    records no spans itself (and to ignore when it does: its spans are children of the current
+    span anyway). Nothing when the app is not in a span."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return ()
+    return inject_metadata()
 
 
 def _settings(base: Settings, overrides: Mapping[str, Any]) -> Settings:

@@ -119,9 +119,13 @@ class RequestPath:
         tracer_provider: TracerProvider | None = None,
         registry: CollectorRegistry | None = None,
         span_kind: SpanKind = SpanKind.SERVER,
+        tracing: bool | None = None,
     ) -> RequestPath:
         """Tracing is on when ``tracer_provider`` is given or the ``OTEL_*`` variables export
-        spans; metrics go to ``registry`` (a new one by default)."""
+        spans, unless ``tracing`` says otherwise; metrics go to ``registry`` (a new one by
+        default)."""
+        if tracing is None:
+            tracing = tracer_provider is not None or tracing_enabled()
         store = FlagStore(snapshot_file=settings.snapshot_file)
         provider = tracer_provider or build_tracer_provider()
         backend = backend or build_backend(settings)
@@ -148,7 +152,7 @@ class RequestPath:
         observer = build_observers(
             metrics,
             provider,
-            tracing=tracer_provider is not None or tracing_enabled(),
+            tracing=tracing,
             trace_user_id=settings.trace_user_id,
             signals=signals,
             extra=(shadow, *events.observers),
