@@ -139,7 +139,7 @@ class InProcessClient:
 
     @property
     def store(self) -> FlagStore:
-        """The flag store (``store.status``: whether the flags are fresh, from where)."""
+        """The flag store (``store.health``: whether the flags are fresh, from where)."""
         return self._path.store
 
     @property
