@@ -223,7 +223,11 @@ class InProcessClient:
         allows). ``timeout`` in seconds covers the fallback too. Raises an
         :class:`~inproc.errors.InProcessError` (never anything else for bad input)."""
         if not self._started:
-            raise InProcessError("the client is not started: use `async with` or await start()")
+            raise InProcessError(
+                "the client is not started (or already closed): use `async with "
+                "InProcessClient.from_settings(...)` or await start()",
+                code=grpc.StatusCode.FAILED_PRECONDITION,
+            )
         subject = self._subject(user_id, attributes)
         request = build_request(
             model, inputs, version=version, outputs=outputs, parameters=parameters

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import grpc
 import numpy as np
@@ -185,14 +186,18 @@ def test_metrics_spans_windows_and_exposures_are_recorded(
                     await client.infer("digits", {"pixels": PIXELS[:1]}, user_id=user)
             with pytest.raises(InvalidInput):  # refused before routing: no span, no count
                 await client.infer("digits", {"pixels": PIXELS[:1].tolist()}, user_id="u")  # type: ignore[dict-item]
+            addresses.append(client.metrics_address)
             page = scrape(f"http://{client.metrics_address}/metrics")
             served = sum(v for (name, labels), v in page.items()
                          if name == "trafficsplit_requests_total"
                          and dict(labels)["membership"] == "exposed")  # fmt: skip
             assert served == 20
 
+    addresses: list[str] = []
     asyncio.run(scenario())
     end = int(time.time()) + 1
+    with pytest.raises(OSError):  # close() stopped the /metrics listener
+        urlopen(f"http://{addresses[0]}/metrics", timeout=2)
 
     def attempts_ok(version: str) -> float:  # the app's own registry has the same series
         labels = {"flag": "digits", "membership": "exposed", "backend": "triton",
