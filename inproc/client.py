@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, start_http_server
 from tritonclient.grpc import service_pb2 as kserve
 
+from flags import Subject
 from flags.schema import Scalar
 from flags.store import FlagStore
 from inproc.errors import (
@@ -99,6 +100,7 @@ class InProcessClient:
             max_attributes=s.max_attributes,
             max_attribute_length=s.max_attribute_length,
         )
+        self._max_user_id_length = s.max_user_id_length
         self._readiness_task: asyncio.Task[None] | None = None
         self._metrics_server: HTTPServer | None = None
         self.metrics_address = ""
@@ -281,11 +283,13 @@ class InProcessClient:
             raise translate(exc) from exc
         return str(outcome.event_id)
 
-    def _subject(self, user_id: str, attributes: Attributes | None) -> Any:
+    def _subject(self, user_id: str, attributes: Attributes | None) -> Subject:
         """The subject exactly as the sidecar would see it: attributes arrive there as text
         (``x-attr-*`` metadata), so they are text here too, and the same limits apply."""
         if not isinstance(user_id, str):
             raise InvalidInput(f"user_id must be a string, not {type(user_id).__name__}")
+        if not attributes and user_id and len(user_id) <= self._max_user_id_length:
+            return Subject(user_id)  # the common case, checked as checked_subject would
         text: dict[str, str] = {}
         for name, value in (attributes or {}).items():
             if isinstance(value, bool):

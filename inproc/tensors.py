@@ -29,6 +29,12 @@ from sidecar.calls import set_parameter
 Array = npt.NDArray[Any]
 Inputs = Mapping[str, Array] | Sequence[InferInput]
 
+# The numeric datatypes both ways, looked up per tensor (tritonclient's helpers are if-chains).
+_NUMERIC = ("BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64",
+            "FP16", "FP32", "FP64")  # fmt: skip
+_NUMPY: dict[str, Any] = {t: np.dtype(triton_to_np_dtype(t)) for t in _NUMERIC}
+_DATATYPES: dict[np.dtype[Any], str] = {dtype: t for t, dtype in _NUMPY.items()}
+
 
 def build_request(
     model: str,
@@ -71,17 +77,21 @@ def _add_array(request: kserve.ModelInferRequest, name: str, array: Any) -> None
         raise InvalidInput(
             f"input {name!r} is a {type(array).__name__}; pass a numpy array (np.asarray(...))"
         )
-    datatype = np_to_triton_dtype(array.dtype)
+    datatype = _DATATYPES.get(array.dtype)
     if datatype is None:
-        raise InvalidInput(
-            f"input {name!r} has numpy dtype {array.dtype}, which KServe-v2 has no datatype for; "
-            "convert it (e.g. .astype(np.float32))"
-        )
+        if array.dtype.byteorder == ">":  # KServe raw contents are little-endian
+            array = array.astype(array.dtype.newbyteorder("<"))
+        datatype = _DATATYPES.get(array.dtype) or np_to_triton_dtype(array.dtype)
+        if datatype is None:
+            raise InvalidInput(
+                f"input {name!r} has numpy dtype {array.dtype}, which KServe-v2 has no datatype "
+                "for; convert it (e.g. .astype(np.float32))"
+            )
     if datatype == "BYTES":
         raw = serialize_byte_tensor(array)
         content = b"" if raw is None else raw.item()
     else:
-        content = np.ascontiguousarray(array).tobytes()
+        content = array.tobytes()  # C order whatever the array's layout
     request.inputs.add(name=name, datatype=datatype, shape=array.shape)
     request.raw_input_contents.append(content)
 
@@ -108,14 +118,15 @@ def decode_outputs(response: kserve.ModelInferResponse) -> dict[str, Array]:
     raws = response.raw_output_contents
     decoded: dict[str, Array] = {}
     for index, output in enumerate(response.outputs):
-        shape = tuple(output.shape)
+        shape = output.shape
         if index < len(raws):
             if output.datatype == "BYTES":
                 array = deserialize_bytes_tensor(raws[index])
             elif output.datatype == "BF16":  # numpy has no bfloat16: widened to float32
                 array = deserialize_bf16_tensor(raws[index])
             else:
-                array = np.frombuffer(raws[index], dtype=triton_to_np_dtype(output.datatype))
+                dtype = _NUMPY.get(output.datatype) or triton_to_np_dtype(output.datatype)
+                array = np.frombuffer(raws[index], dtype=dtype)
         elif output.contents.bytes_contents:
             array = np.array(list(output.contents.bytes_contents), dtype=np.object_)
         else:

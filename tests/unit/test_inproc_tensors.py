@@ -42,6 +42,13 @@ def test_a_non_contiguous_array_is_sent_in_logical_order() -> None:
     assert np.frombuffer(request.raw_input_contents[0], np.int32).tolist() == [0, 3, 1, 4, 2, 5]
 
 
+def test_a_big_endian_array_is_sent_little_endian() -> None:
+    x = np.array([1.0, 2.0], dtype=">f4")
+    request = build_request("m", {"x": x})
+    assert request.inputs[0].datatype == "FP32"
+    assert request.raw_input_contents[0] == np.array([1.0, 2.0], "<f4").tobytes()
+
+
 def test_tritonclient_infer_inputs_are_sent_as_tritonclient_would() -> None:
     tensor = triton.InferInput("pixels", [1, 2], "FP32")
     tensor.set_data_from_numpy(np.array([[1.5, 2.5]], np.float32))
