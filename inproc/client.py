@@ -126,13 +126,19 @@ class InProcessClient:
         settings = _settings(settings or Settings(), overrides)
         provider = tracer_provider or build_tracer_provider()
         traced = records_spans(provider, explicit=tracer_provider is not None)
-        path = RequestPath.build(
-            settings,
-            tracer_provider=provider,
-            registry=registry,
-            span_kind=SpanKind.INTERNAL,  # the app's span is the parent; no server here
-            tracing=traced,
-        )
+        try:
+            path = RequestPath.build(
+                settings,
+                tracer_provider=provider,
+                registry=registry,
+                span_kind=SpanKind.INTERNAL,  # the app's span is the parent; no server here
+                tracing=traced,
+            )
+        except ValueError as exc:  # prometheus_client: "Duplicated timeseries in CollectorRegistry"
+            raise ConfigurationError(
+                f"the registry already holds trafficsplit series ({exc}): one client per "
+                "Prometheus registry; pass another registry=, or none"
+            ) from exc
         return cls(path, owns_tracer=tracer_provider is None, traced=traced)
 
     @property
@@ -311,7 +317,7 @@ def records_spans(provider: TracerProvider, *, explicit: bool) -> bool:
     span (``OTEL_TRACES_SAMPLER=always_off``) records nothing, yet starting two non-recording
     spans per request costs tens of microseconds: then the request path has no tracing
     observer, and the app's trace context still reaches Triton (:func:`app_context`)."""
-    if provider.sampler is ALWAYS_OFF:
+    if getattr(provider, "sampler", None) is ALWAYS_OFF:
         return False
     return explicit or tracing_enabled()
 

@@ -144,6 +144,15 @@ def test_settings_that_do_not_exist_or_parse_are_configuration_errors() -> None:
         InProcessClient.from_settings(unflagged="maybe")
 
 
+def test_one_client_per_prometheus_registry() -> None:
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    InProcessClient.from_settings(registry=registry)
+    with pytest.raises(ConfigurationError, match="one client per Prometheus registry"):
+        InProcessClient.from_settings(registry=registry)
+
+
 def test_settings_take_strings_for_paths_and_repeatables() -> None:
     flags = ROOT / "deploy" / "flags" / "digits.json"
     client = InProcessClient.from_settings(flags_file=str(flags), stable="other=3")
