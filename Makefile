@@ -8,7 +8,7 @@ TRITON_VENV := .venv-triton
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_OUT := sidecar/_proto
 
-.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server triton-venv gbstats-venv confidence-venv nginx clean
+.PHONY: test demo demo-rollout lint bench bench-quick models proto deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv confidence-venv nginx chromium clean
 
 # The editable install's build step (setup.py) also generates $(PROTO_OUT) from proto/.
 $(VENV)/.installed: pyproject.toml setup.py
@@ -36,6 +36,16 @@ redis-server:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server openssl >/dev/null; }
 	@command -v redis-server >/dev/null
 
+# Debian's prometheus (server and promtool): the rule checks and the real-Prometheus test
+# (deploy/prometheus, tests/e2e/test_prometheus.py). Without recommends: no exporters. On a host
+# that runs systemd the package also starts its own service on :9090 (the tests never use it; they
+# start theirs on a free loopback port): `systemctl disable --now prometheus` if you do not want it.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v promtool >/dev/null
+
 # Triton's server binary ships in the nvidia-pytriton wheel; it pins numpy<2, so it gets its own
 # virtualenv rather than constraining the project's.
 $(TRITON_VENV)/.installed:
@@ -60,6 +70,15 @@ $(CONFIDENCE_VENV)/.installed:
 	$(CONFIDENCE_VENV)/bin/python -m pip install -q 'spotify-confidence==4.1.0'
 	@touch $@
 
+# flagd's pre-v3 fractional (the string flagKey + targetingKey), the reference for legacy hashing:
+# openfeature-flagd-core 1.0.0 shares its module path with the 2.0.0 in the project's venv.
+FLAGD_LEGACY_VENV := .venv-flagd-legacy
+$(FLAGD_LEGACY_VENV)/.installed:
+	@[ -x $(FLAGD_LEGACY_VENV)/bin/python ] || $(PYTHON) -m venv $(FLAGD_LEGACY_VENV)
+	$(FLAGD_LEGACY_VENV)/bin/python -m pip install -q 'openfeature-flagd-core==1.0.0'
+	@touch $@
+
+flagd-legacy-venv: $(FLAGD_LEGACY_VENV)/.installed
 gbstats-venv: $(GBSTATS_VENV)/.installed
 confidence-venv: $(CONFIDENCE_VENV)/.installed
 
@@ -68,7 +87,12 @@ nginx:
 	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nginx >/dev/null; }
 
-test: deps redis-server triton-venv gbstats-venv
+# Debian's chromium: the report test renders `flagctl report --html` in a real headless browser.
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: deps redis-server prometheus triton-venv gbstats-venv flagd-legacy-venv chromium
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: deps

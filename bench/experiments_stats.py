@@ -12,6 +12,7 @@ and the GAVI sequence with gbstats, the absolute difference's z interval with sp
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import subprocess
 import time
@@ -19,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from bench.common import ROOT
 from bench.report import Metric, PartReport
 from experiments.plan import ExperimentPlan
-from experiments.report import ExperimentData, Report, build_report
+from experiments.report import DailySlice, ExperimentData, Report, build_report
+from experiments.report_html import render_html
+from experiments.report_text import render
+from experiments.report_view import Header
 from experiments.stats import MeanStats, RatioStats
 from experiments.stats.srm import SrmPhase
 
@@ -35,6 +40,9 @@ FROM_ARRAYS = "trafficsplit (per-user arrays)"
 FROM_STATS = "trafficsplit (sufficient stats)"
 GB = "gbstats 0.8.0 (same aggregates)"
 SC = "spotify-confidence 4.1.0 (same aggregates)"
+RENDER_TEXT = "render: terminal summary (rich)"
+RENDER_HTML = "render: HTML page (3 matplotlib SVGs)"
+DAYS = 14
 
 PLAN = ExperimentPlan.model_validate(
     {
@@ -84,6 +92,42 @@ def report(stats: dict[str, dict[str, Any]]) -> Report:
         phases=[SrmPhase(label="50/50", expected={"v1": 1, "v2": 1}, observed=users)],
     )  # fmt: skip
     return build_report(PLAN, data)
+
+
+def report_with_timeline(arrays: dict[str, dict[str, np.ndarray]]) -> Report:
+    """The 1M-user report with a 14-day timeline (users arriving evenly), as the page draws it:
+    the rendering cost depends on rows and days, not on users."""
+    users = len(arrays["v1"]["correct"])
+    start = dt.date(2025, 1, 1)
+    daily = [
+        DailySlice(
+            day=start + dt.timedelta(days=d),
+            variants=stats_from_arrays({
+                v: {k: a[: users * (d + 1) // DAYS] for k, a in cols.items()}
+                for v, cols in arrays.items()
+            }),
+        )
+        for d in range(DAYS)
+    ]  # fmt: skip
+    stats = stats_from_arrays(arrays)
+    counts = {v: s["correct"].n for v, s in stats.items()}
+    data = ExperimentData(
+        control="v1", variants=stats, users=counts, days_run=DAYS, as_of=daily[-1].day,
+        phases=[SrmPhase(label="50/50", expected={"v1": 1, "v2": 1}, observed=counts)],
+        daily=daily,
+    )  # fmt: skip
+    return build_report(PLAN, data)
+
+
+def render_seconds(built: Report) -> tuple[float, float]:
+    """Seconds to render the terminal summary and the HTML page of ``built``."""
+    header = Header(flag="bench", experiment="bench")
+    started = time.perf_counter()
+    Console(file=io.StringIO(), width=120).print(render(built, header))
+    text = time.perf_counter() - started
+    started = time.perf_counter()
+    render_html(built, header)
+    return text, time.perf_counter() - started
 
 
 def _cases(stats: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,6 +197,12 @@ def run(users: int = 1_000_000, rounds: int = 3) -> PartReport:
             part.add(SC, "ms_stats", sc_seen["seconds"] * 1e3)
     rows = {(r.metric, r.treatment): r for r in built.metrics}
     ours = [rows[("correct", "v2")], rows[("latency_ms", "v2")], rows[("dl_per_gen", "v2")]]
+    timed = report_with_timeline(arrays)
+    render_seconds(timed)  # warm-up: matplotlib's import and font cache
+    for _ in range(rounds):
+        text_s, html_s = render_seconds(timed)
+        part.add(RENDER_TEXT, "seconds", text_s)
+        part.add(RENDER_HTML, "seconds", html_s)
     if gb_seen is None:
         part.notes.append(f"gbstats skipped: {GBSTATS} missing (run `make gbstats-venv`)")
     else:

@@ -144,9 +144,12 @@ class Stack:
     exits: ExitStack
 
 
-def rollout_flag(hold_s: float, min_requests: int | None, share: float = 0.0) -> dict[str, Any]:
+def rollout_flag(
+    hold_s: float, min_requests: int | None, share: float = 0.0, golden: bool = False
+) -> dict[str, Any]:
     """The demo flag, ramped by the controller, with the default guardrails (and ``min_requests``
-    lowered when given, so a healthy ramp's 1 % step passes in seconds)."""
+    lowered when given, so a healthy ramp's 1 % step passes in seconds); with ``golden``, the
+    controller runs the golden set before the first step."""
     doc: dict[str, Any] = json.loads(DIGITS_FLAG.read_text())
     doc.update(
         rules=[],
@@ -155,6 +158,9 @@ def rollout_flag(hold_s: float, min_requests: int | None, share: float = 0.0) ->
         guardrails={} if min_requests is None else {"min_requests": min_requests},
     )
     doc.pop("shadow", None)
+    if golden:
+        doc["golden"] = {"max_accuracy_drop": 0.01}
+    doc.pop("experiment", None)  # rollbacks are measured without exposure recording
     return doc
 
 
@@ -205,7 +211,12 @@ def circuit_open(st: Stack, target: str = "digits:2") -> bool:
 
 
 def start_rollout(
-    st: Stack, *, hold_s: float = 1.0, min_requests: int | None = 10, at_step: int = -1
+    st: Stack,
+    *,
+    hold_s: float = 1.0,
+    min_requests: int | None = 10,
+    at_step: int = -1,
+    golden: bool = False,
 ) -> None:
     """A fresh flag and a pending rollout (what `flagctl rollout start` writes).
 
@@ -215,7 +226,7 @@ def start_rollout(
     st.fail_file.unlink(missing_ok=True)
     wait(lambda: not circuit_open(st), timeout=30, what="the candidate's circuit to cool down")
     share = STEPS[at_step] if at_step >= 0 else 0.0
-    doc = rollout_flag(hold_s, min_requests, share)
+    doc = rollout_flag(hold_s, min_requests, share, golden)
     st.admin.apply(parse_flag(doc), reason="trial", force=True)
     st.admin.client.delete(state_key(RedisKeys(PREFIX), "digits"))
     now = time.time()
@@ -317,6 +328,17 @@ def run(*, rounds: int = 5, rate: float = 200.0) -> PartReport:
     return part
 
 
+def golden_line(verdict: str, detail: dict[str, Any]) -> str:
+    colour = "green" if verdict == "pass" else "red"
+    control, candidate = detail.get("control") or {}, detail.get("candidate") or {}
+    return (
+        f"[{colour}]{verdict}[/]: v{control.get('version')} accuracy "
+        f"{control.get('accuracy', 0):.4f}, v{candidate.get('version')} "
+        f"{candidate.get('accuracy', 0):.4f}, agreement {detail.get('agreement', 0):.4f} "
+        f"({detail.get('samples')} samples each on {detail.get('backend')})"
+    )
+
+
 def demo() -> None:
     """``make demo-rollout``: a healthy candidate ramps to 100 %, a broken one is rolled back."""
     from rich.console import Console
@@ -324,14 +346,23 @@ def demo() -> None:
     console = Console(highlight=False)
     console.print("[bold]starting redis-server, tritonserver (CPU), a sidecar, 200 req/s...[/]")
     with failing_stack(200.0) as st:
-        controller = ControllerProcess(st.redis.url, "demo", st.workdir / "controller.log")
+        controller = ControllerProcess(
+            st.redis.url, "demo", st.workdir / "controller.log", "--triton-url", st.triton.grpc_url
+        )
         st.exits.callback(controller.stop)
-        console.print("[bold]1. a healthy candidate[/] (steps 1-5-20-50-100 %, 2 s holds)")
-        start_rollout(st, hold_s=2.0, min_requests=10)
-        shown = -1.0
+        console.print(
+            "[bold]1. a healthy candidate[/] (golden set on Triton first, then steps "
+            "1-5-20-50-100 %, 2 s holds)"
+        )
+        start_rollout(st, hold_s=2.0, min_requests=10, golden=True)
+        shown, gated = -1.0, False
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             current = state(st)
+            golden = current.gates.get("golden") if current is not None else None
+            if golden is not None and golden.verdict != "wait" and not gated:
+                gated = True
+                console.print(f"   golden gate: {golden_line(golden.verdict, golden.detail)}")
             if current is not None and current.phase is Phase.PROMOTED:
                 console.print("   [green]promoted[/]: v2 is the default variant")
                 break

@@ -180,6 +180,8 @@ def load_flag(redis_url: str, document: dict[str, Any] | None = None) -> FlagAdm
     """Write the digits flag (the demo flag unless ``document``) into Redis; the admin for it."""
     admin = FlagAdmin(sync_client(redis_url), keys=RedisKeys(PREFIX), actor="bench")
     doc = document or json.loads(DIGITS_FLAG.read_text())
+    if document is None:  # the serving benches measure serving: no exposure recording
+        doc.pop("experiment", None)
     admin.apply(parse_flag(doc), reason="bench setup", force=True)
     return admin
 

@@ -20,6 +20,7 @@ Register = Callable[[click.Group], None]
 def _registrations() -> list[Register]:
     """Each capability's ``register``; imported here, at start, not at import time."""
     from experiments import cli as experiments_cli  # flagctl track, flagctl experiments ...
+    from experiments import report_cli  # flagctl report FLAG
     from rollout import golden_cli  # the golden-set gate: flagctl golden FLAG
     from rollout.cli import register as rollout_register  # rollout: flagctl rollout ...
 
@@ -27,6 +28,7 @@ def _registrations() -> list[Register]:
         rollout_register,
         golden_cli.register,
         experiments_cli.register,
+        report_cli.register,
     ]
     return registrations
 

@@ -34,7 +34,7 @@ from flags.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from flags.mutations import diff, with_revision
+from flags.mutations import diff, settle_hashing, with_revision
 from flags.redis_conn import as_bytes, as_text, redact, translate
 from flags.redis_keys import RedisKeys
 from flags.revisions import next_revision
@@ -235,6 +235,8 @@ class FlagAdmin:
             and spec.revision != current.revision
         ):
             raise RevisionConflictError(spec.key, spec.revision, current.revision)
+        stored = current.spec if current is not None else None
+        spec = settle_hashing(spec, stored, exists=current is not None)
         return self._write(spec, current, action="apply", reason=reason, force=force)
 
     def update(

@@ -7,6 +7,10 @@ frozensets, and every possible :class:`Resolution` is built ahead so evaluation 
 Split layout: the default variant's range comes first, the others follow in the order written.
 Raising a candidate's share therefore only takes buckets from the variant before it, so in a
 two-variant split a user who had the candidate keeps it as it ramps (tested as an invariant).
+
+Hashing: ``CompiledFlag(spec)`` returns a :class:`FlagdV3Flag` when the spec says
+``hashing: flagd-v3``. The legacy class keeps its hot path untouched (no per-request branch on the
+mode); the v3 class differs only in the split hash it feeds the same tables.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import mmh3
 
 from flags.conditions import Predicate, compile_condition
 from flags.evaluation import ErrorCode, Reason, Resolution, Subject
-from flags.hashing import COVERAGE_SEED, PPM, percent_to_ppm
+from flags.hashing import COVERAGE_SEED, FLAGD_V3, LEGACY, PPM, percent_to_ppm, v3_key, v3_parts
 from flags.schema import FlagSpec
 
 
@@ -61,6 +65,12 @@ class CompiledFlag:
         "rules",
         "spec",
     )
+
+    def __new__(cls, spec: FlagSpec) -> CompiledFlag:
+        # One constructor for every caller (store, CLI, bench, tests); the spec picks the hash.
+        if cls is CompiledFlag and spec.hashing == FLAGD_V3:
+            cls = FlagdV3Flag
+        return object.__new__(cls)
 
     def __init__(self, spec: FlagSpec) -> None:
         self.spec = spec
@@ -162,10 +172,23 @@ class CompiledFlag:
             error_message=message,
         )
 
+    @property
+    def allocation_table(self) -> SplitTable | None:
+        """The allocation's split (default variant first), or None without an allocation."""
+        return self._alloc
+
+    @property
+    def hashing(self) -> str:
+        return self.spec.hashing or LEGACY
+
+    def split_bucket(self, user_id: str) -> int:
+        """The user's split bucket in ppm (the hot path inlines this)."""
+        return (mmh3.hash(self._hash_prefix + user_id, 0, False) * PPM) >> 32
+
     def explain(self, subject: Subject) -> dict[str, Any]:
         """Why ``subject`` gets what it gets: buckets, coverage and the rule checked (for ops)."""
         hashed = self._hash_prefix + subject.id
-        split_bucket = (mmh3.hash(hashed, 0, False) * PPM) >> 32
+        split_bucket = self.split_bucket(subject.id)
         coverage_bucket = (mmh3.hash(hashed, COVERAGE_SEED, False) * PPM) >> 32
         resolution = self.resolve(subject)
         return {
@@ -179,7 +202,50 @@ class CompiledFlag:
             "model": resolution.target.model if resolution.target else None,
             "version": resolution.target.version if resolution.target else None,
             "enabled": self.enabled,
+            "hashing": self.hashing,
             "split_bucket_percent": split_bucket / (PPM // 100),
             "coverage_bucket_percent": coverage_bucket / (PPM // 100),
             "coverage_percent": self._coverage_ppm / (PPM // 100),
         }
+
+
+class FlagdV3Flag(CompiledFlag):
+    """A flag with ``hashing: flagd-v3``: the split hash is flagd's CBOR form (flags.hashing).
+
+    The coverage hash stays the legacy string under its own seed: flagd has no coverage, so there
+    is nothing to match, and keeping it means switching a flag's hashing moves only the split.
+    """
+
+    __slots__ = ("_v3_base", "_v3_head", "_v3_tail")
+
+    def __init__(self, spec: FlagSpec) -> None:
+        super().__init__(spec)
+        self._v3_head, self._v3_base, self._v3_tail = v3_parts(spec.salt, spec.key)
+
+    def split_bucket(self, user_id: str) -> int:
+        key = v3_key(self._v3_head, self._v3_base, self._v3_tail, user_id)
+        return (mmh3.hash(key, 0, False) * PPM) >> 32
+
+    def resolve(self, subject: Subject) -> Resolution:
+        if not self.enabled:
+            return self.disabled
+        uid = subject.id
+        for rule in self.rules:
+            if rule.users is not None and uid not in rule.users:
+                continue
+            if rule.predicate is not None and not rule.predicate(subject.attributes):
+                continue
+            if rule.fixed is not None:
+                return rule.fixed
+            assert rule.split is not None
+            return rule.split.pick(self.split_bucket(uid))
+        alloc = self._alloc
+        if alloc is None:
+            return self.default
+        coverage = self._coverage_ppm
+        if (
+            coverage < PPM
+            and (mmh3.hash(self._hash_prefix + uid, COVERAGE_SEED, False) * PPM) >> 32 >= coverage
+        ):
+            return self.default
+        return alloc.pick(self.split_bucket(uid))

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from flags.errors import VariantError
-from flags.hashing import PPM, percent_to_ppm
+from flags.hashing import CURRENT_HASHING, PPM, percent_to_ppm
 from flags.schema import FlagSpec, parse_flag
 
 
@@ -218,3 +218,18 @@ def _flatten(value: object, prefix: str = "") -> dict[str, object]:
             out.update(_flatten(item, f"{prefix}.{i}"))
         return out
     return {prefix: value}
+
+
+def settle_hashing(spec: FlagSpec, stored: FlagSpec | None, *, exists: bool) -> FlagSpec:
+    """The split hash an applied document gets, so that applying a file never moves users.
+
+    A document that names ``hashing`` keeps it. One that does not inherits the stored flag's
+    (``legacy`` when the stored document has none, or when it is unreadable); a flag created from
+    it (``exists`` False: nothing stored under its key) gets the current flagd spec.
+    """
+    if spec.hashing is not None:
+        return spec
+    if exists:
+        inherited = stored.hashing if stored is not None else None
+        return spec if inherited is None else spec.model_copy(update={"hashing": inherited})
+    return spec.model_copy(update={"hashing": CURRENT_HASHING})

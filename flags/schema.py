@@ -34,6 +34,7 @@ from flags.decode import (
 )
 from flags.errors import FlagValidationError
 from flags.experiment_plan import ExperimentPlan
+from flags.hashing import HashingMode
 
 # Revisions stay below 2^53: exact as a float (Prometheus gauges, JSON in other languages) and far
 # below int64. flagctl's epoch revisions (flags.revisions) reach 2^53 only in the year 2242.
@@ -284,6 +285,9 @@ class FlagSpec(_Strict):
     guardrails: Guardrails | None = None
     golden: Golden | None = None
     experiment: ExperimentPlan | None = None  # flags.experiment_plan: metrics, segments, plan
+    # Split hash (flags.hashing): absent means "legacy", so no stored flag moves on upgrade;
+    # `flagctl apply` writes the current flagd spec into flags it creates (docs/flags.md).
+    hashing: HashingMode | None = None
     updated_at: str | None = None
     updated_by: str | None = None
 

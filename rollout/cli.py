@@ -115,6 +115,8 @@ def _transition(
     state = stored.state
     if state.phase not in allowed:
         raise FlagsError(f"the rollout of {flag!r} is {state.phase}; cannot {event} it")
+    if phase is Phase.RUNNING and state.step < 0:
+        phase = Phase.PENDING  # paused before its first step: back to the gates, not running
     changes: dict[str, Any] = {"phase": phase, "updated_at": time.time()}
     if phase is Phase.RUNNING:
         changes["step_started_at"] = time.time()  # the hold starts over on resume
@@ -177,7 +179,7 @@ def promote(ctx: Context, flag: str, reason: str, as_json: bool) -> None:
     store = _store(ctx)
     stored = _existing(store, flag)
     state = stored.state
-    if state.phase in (Phase.PROMOTED, Phase.ABORTED, Phase.ROLLED_BACK):
+    if state.phase in (Phase.PROMOTED, Phase.ABORTED, Phase.ROLLED_BACK, Phase.BLOCKED):
         raise FlagsError(
             f"the rollout of {flag!r} is {state.phase}: start a new one to promote again"
         )
@@ -208,6 +210,47 @@ def status(ctx: Context, flag: str, history_len: int, as_json: bool) -> None:
     emit(as_json, payload, lambda: _print_status(state, spec, leader, history_len))
 
 
+_COLOURS = {"pass": "green", "fail": "red", "wait": "yellow"}
+
+
+def _print_gates(state: RolloutState) -> None:
+    """The gates before the first step: verdicts, reasons and their numbers."""
+    for name, gate in state.gates.items():
+        colour = _COLOURS.get(gate.verdict, "white")
+        out.print(f"{name} gate: [{colour}]{gate.verdict}[/]")
+        for reason in gate.reasons:
+            out.print(f"  {escape(reason)}")
+        d = gate.detail
+        if name == "golden" and d.get("control") and d.get("candidate"):
+            table = Table("variant", "version", "accuracy", "errors", "p50 ms", "p99 ms")
+            for side in ("control", "candidate"):
+                v = d[side]
+                table.add_row(
+                    escape(str(v.get("variant"))),
+                    escape(f"{v.get('model')} v{v.get('version')}"),
+                    f"{float(v.get('accuracy', 0.0)):.4f}",
+                    str(v.get("errors")),
+                    *(
+                        "-" if v.get(k) is None else f"{float(v[k]):.2f}"
+                        for k in ("p50_ms", "p99_ms")
+                    ),
+                )
+            out.print(table)
+            out.print(
+                f"  agreement {float(d.get('agreement', 0.0)):.4f}; accuracy drop "
+                f"{float(d.get('accuracy_drop', 0.0)):+.4f} (allowed {d.get('max_accuracy_drop')}); "
+                f"{d.get('samples')} samples on {escape(str(d.get('backend')))} at {escape(str(d.get('at')))}"
+            )
+        elif name == "shadow" and d:
+            agreement = d.get("agreement")
+            shown = "-" if agreement is None else f"{float(agreement):.4f}"
+            out.print(
+                f"  agreement {shown} ({d.get('agreed')}/{d.get('compared')} compared), "
+                f"{d.get('errors')} errors in {d.get('calls')} shadow calls over the last "
+                f"{d.get('window_seconds')} s"
+            )
+
+
 def _print_status(state: RolloutState, spec: FlagSpec, leader: str | None, n: int) -> None:
     share = mutations.share(spec, state.variant)
     out.print(
@@ -215,6 +258,7 @@ def _print_status(state: RolloutState, spec: FlagSpec, leader: str | None, n: in
         f"step {state.step + 1}/{len(state.steps)} ({state.percent:g} %; flag gives "
         f"{share:g} %), controller: {escape(leader or 'none running')}"
     )
+    _print_gates(state)
     verdict = state.last_verdict or {}
     if verdict:
         out.print(f"last verdict: {escape(str(verdict.get('status')))}")

@@ -1,7 +1,9 @@
 """The rollout controller: every tick, judge each running rollout and act on the verdict.
 
 One tick: hold (or take) the leader lease; list flags with a ``ramp`` section and an active
-rollout; for each, read the long, short and current-step windows, judge the guardrails
+rollout; a pending one gets its first step once the gates the flag asks for pass (golden set,
+shadow health: :mod:`rollout.gates`, checked by :class:`rollout.gating.Gatekeeper`) and is
+``blocked`` when one fails; for each running one, read the long, short and current-step windows, judge the guardrails
 (:mod:`rollout.guardrails`), pick the action (:mod:`rollout.decide`) and carry it out. Every
 write is fenced with the lease's token: the flag through :class:`flags.admin.FlagAdmin` (the
 same audited compare-and-set as ``flagctl``), then the state through
@@ -28,11 +30,20 @@ from flags.errors import FencedError, FlagsError
 from flags.redis_keys import RedisKeys
 from flags.schema import FlagSpec, Guardrails
 from rollout.decide import Action, Kind, decide
+from rollout.gates import GateCheck, GateVerdict, GoldenRunner, gate_action
+from rollout.gating import MAX_TEXT, Gatekeeper, gates_evidence, records
 from rollout.guardrails import COMPARED_GROUPS, Baseline, Verdict, baseline_of, judge
 from rollout.lease import Lease
 from rollout.metrics import ControllerMetrics
 from rollout.notify import Webhooks, log_event, slack_payload
-from rollout.state import BaselineRecord, Event, Phase, RolloutState, RolloutStateError
+from rollout.state import (
+    BaselineRecord,
+    Event,
+    GateRecord,
+    Phase,
+    RolloutState,
+    RolloutStateError,
+)
 from rollout.store import RolloutStore, StoredState
 from rollout.windows import WindowSource
 
@@ -46,6 +57,7 @@ class ControllerConfig:
     lease_ttl_s: float = 5.0
     replica: str = "controller"
     actor: str = "trafficsplit-controller"
+    golden_max_age_s: float | None = None  # a stored golden result older than this is re-run
 
 
 class Controller:
@@ -59,6 +71,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         metrics: ControllerMetrics | None = None,
         webhooks: Webhooks | None = None,
+        golden: GoldenRunner | None = None,
     ) -> None:
         self.config = config or ControllerConfig()
         self._client = client
@@ -72,6 +85,13 @@ class Controller:
         )
         self._reader = FlagAdmin(client, keys=self._keys, actor=self.config.actor)
         self._lease_error: str | None = None
+        self.gatekeeper = Gatekeeper(
+            client,
+            self._keys,
+            windows,
+            golden,
+            golden_max_age_s=self.config.golden_max_age_s,
+        )
 
     def _now_dt(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -134,6 +154,8 @@ class Controller:
         if state.variant != spec.ramp.variant or state.variant not in spec.variants:
             return self._pause(store, stored, f"ramp.variant is now {spec.ramp.variant!r}")
         share = mutations.share(spec, state.variant)
+        if state.phase is Phase.PENDING:
+            return self._start(admin, store, spec, stored, share)
         outside = None
         if state.phase in (Phase.RUNNING, Phase.PAUSED) and abs(share - state.percent) > SAME_SHARE:
             nxt = state.step + 1
@@ -183,6 +205,73 @@ class Controller:
                 audited=False,
             )
         return action
+
+    def _start(
+        self,
+        admin: FlagAdmin,
+        store: RolloutStore,
+        spec: FlagSpec,
+        stored: StoredState,
+        share: float,
+    ) -> Action:
+        """A pending rollout: its first step once every gate passes, blocked when one fails."""
+        state = stored.state
+        now = self._clock()
+        checks = self.gatekeeper.check(spec, state.variant, now)
+        action = gate_action(checks, state.steps[0])
+        gates = records(checks, now)
+        if action.kind is Kind.STEP:
+            self._apply_share(admin, spec, state.variant, action.percent or 0.0, share, action)
+            self._record_step(store, stored, action, None, event="step", gates=gates)
+        elif action.kind is Kind.BLOCK:
+            self._block(store, spec, stored, action, checks, gates)
+        else:  # waiting: recorded for `rollout status`; audited once, when the wait begins
+            first = not state.gates
+            event = Event(at=now, event="gating", actor=self.config.replica,
+                          detail=action.reason[:MAX_TEXT])  # fmt: skip
+            store.write(
+                state.with_changes(gates=gates, updated_at=now, event=event if first else None),
+                stored,
+                action="rollout.gating",
+                reason=action.reason,
+                at=self._now_dt(),
+                audited=first,
+            )
+        return action
+
+    def _block(
+        self,
+        store: RolloutStore,
+        spec: FlagSpec,
+        stored: StoredState,
+        action: Action,
+        checks: list[GateCheck],
+        gates: dict[str, GateRecord],
+    ) -> None:
+        state, now = stored.state, self._clock()
+        evidence = gates_evidence(gates)
+        event = Event(at=now, event="blocked", actor=self.config.replica,
+                      detail=action.reason[:MAX_TEXT])  # fmt: skip
+        store.write(
+            state.with_changes(phase=Phase.BLOCKED, gates=gates, updated_at=now, event=event),
+            stored,
+            action="rollout.blocked",
+            reason=action.reason,
+            evidence=evidence,
+            at=self._now_dt(),
+        )
+        failed = [str(c.gate) for c in checks if c.verdict is GateVerdict.FAIL]
+        for gate in failed:
+            self.metrics.blocked.labels(spec.key, gate).inc()
+        fields = {"flag": spec.key, "variant": state.variant, "failed": failed}
+        log_event("rollout_blocked", **fields, reason=action.reason, evidence=evidence)
+        url = (spec.guardrails or DEFAULT_GUARDRAILS).notify
+        if url:
+            text = (
+                f":no_entry: trafficsplit blocked the rollout of {spec.key!r}: {state.variant!r} "
+                f"did not start, users stay on {spec.default_variant!r}. {action.reason}"
+            )
+            self._webhooks.post(url, slack_payload(text, {**fields, "evidence": evidence}))
 
     def _judge(
         self, spec: FlagSpec, state: RolloutState, g: Guardrails
@@ -246,6 +335,7 @@ class Controller:
         verdict: Verdict | None,
         *,
         event: str,
+        gates: dict[str, GateRecord] | None = None,
     ) -> None:
         state = stored.state
         now = self._clock()
@@ -263,6 +353,7 @@ class Controller:
             step_started_at=now,
             baseline=baseline,
             last_verdict=verdict.to_json() if verdict else state.last_verdict,
+            gates=state.gates if gates is None else gates,
             updated_at=now,
             event=Event(
                 at=now,
@@ -270,15 +361,21 @@ class Controller:
                 step=step,
                 percent=percent,
                 actor=self.config.replica,
-                detail=action.reason,
+                detail=action.reason[:MAX_TEXT],
             ),
         )
+        if verdict is not None:
+            evidence: dict[str, object] | None = verdict.to_json()
+        elif gates:
+            evidence = gates_evidence(gates)
+        else:
+            evidence = None
         store.write(
             new,
             stored,
             action=f"rollout.{event}",
             reason=f"step {step + 1}/{len(state.steps)}: {percent:g} % ({action.reason})",
-            evidence=verdict.to_json() if verdict else None,
+            evidence=evidence,
             at=self._now_dt(),
         )
         self.metrics.steps.labels(state.flag).inc()

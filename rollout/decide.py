@@ -20,6 +20,7 @@ class Kind(enum.StrEnum):
     STEP = "step"  # apply step ``step`` (the first, from pending, or the next)
     ROLLBACK = "rollback"
     PROMOTE = "promote"
+    BLOCK = "block"  # a gate before the first step failed: the rollout never starts
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.markup import escape
@@ -19,36 +18,12 @@ from rich.table import Table
 
 from flags.cli import Context, emit, json_option, out, pass_ctx
 from flags.redis_conn import sync_client
-from flags.schema import FlagSpec
 from rollout.golden import GoldenResult
-from rollout.golden_runner import GoldenError, GoldenSet, golden_file, load_golden, run_gate
+from rollout.golden_runner import golden_file, load_golden, open_backend, run_on
 from rollout.golden_store import store_result
-from sidecar.backends.base import InferenceBackend
 from sidecar.resources import default_model_repository
 
 EXIT_GATE_FAILED = 4
-
-
-def _backend(triton_url: str | None, repository: Path) -> InferenceBackend:
-    if triton_url:
-        from sidecar.backends.triton import TritonBackend
-
-        return TritonBackend(triton_url)
-    from sidecar.backends.onnx_embedded import OnnxEmbeddedBackend
-
-    return OnnxEmbeddedBackend(repository)
-
-
-async def _run(
-    backend: InferenceBackend, where: str, spec: FlagSpec, data: GoldenSet, **options: Any
-) -> GoldenResult:
-    await backend.start()
-    try:
-        if not await backend.server_ready():
-            raise GoldenError(f"{where} is not ready: start it, or check the address")
-        return await run_gate(spec, backend, data, **options)
-    finally:
-        await backend.close()
 
 
 @click.command(name="golden")
@@ -92,8 +67,7 @@ def golden(
     repository = model_repository or default_model_repository()
     path = golden_file(spec, repository, file_)
     data = load_golden(path, spec.golden.labels if spec.golden else "labels")
-    backend = _backend(triton_url, repository)
-    where = f"Triton at {triton_url}" if triton_url else f"the embedded engine on {repository}"
+    backend, where = open_backend(triton_url, repository)
     now = time.time()
     context = {
         "flag_revision": stored.revision,
@@ -101,7 +75,7 @@ def golden(
         "at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
     }
     result = asyncio.run(
-        _run(backend, where, spec, data, candidate=candidate, timeout_s=timeout, context=context)
+        run_on(backend, where, spec, data, candidate=candidate, timeout_s=timeout, context=context)
     )
     document = result.to_json()
     if not no_store:

@@ -25,6 +25,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as kserve
 
 from flags.schema import FlagSpec, Golden, Target
+from rollout.gates import fingerprint
 from rollout.golden import GoldenResult, VersionRun, judge
 from sidecar.answers import NUMPY_TO_KSERVE, AnswerError, decode_response, predicted_labels
 from sidecar.backends.base import BackendError, InferenceBackend
@@ -162,6 +163,31 @@ async def run_version(
     )
 
 
+def open_backend(triton_url: str | None, repository: Path) -> tuple[InferenceBackend, str]:
+    """Triton at ``triton_url``, else the embedded onnxruntime engine on ``repository``; and
+    where that is, in words (for error messages)."""
+    if triton_url:
+        from sidecar.backends.triton import TritonBackend
+
+        return TritonBackend(triton_url), f"Triton at {triton_url}"
+    from sidecar.backends.onnx_embedded import OnnxEmbeddedBackend
+
+    return OnnxEmbeddedBackend(repository), f"the embedded engine on {repository}"
+
+
+async def run_on(
+    backend: InferenceBackend, where: str, spec: FlagSpec, data: GoldenSet, **options: Any
+) -> GoldenResult:
+    """Start ``backend``, check it is ready, run the gate, close it again."""
+    await backend.start()
+    try:
+        if not await backend.server_ready():
+            raise GoldenError(f"{where} is not ready: start it, or check the address")
+        return await run_gate(spec, backend, data, **options)
+    finally:
+        await backend.close()
+
+
 async def run_gate(
     spec: FlagSpec,
     backend: InferenceBackend,
@@ -186,5 +212,11 @@ async def run_gate(
         runs[0],
         runs[1],
         max_accuracy_drop=settings.max_accuracy_drop,
-        context={"golden_file": str(golden.path), "backend": backend.name, **(context or {})},
+        context={
+            "golden_file": str(golden.path),
+            "backend": backend.name,
+            # what the result is valid for: the controller reuses it only for the same
+            "fingerprint": fingerprint(spec, chosen),
+            **(context or {}),
+        },
     )

@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -23,6 +24,7 @@ from flags.errors import FlagsError
 from flags.redis_conn import DEFAULT_URL, sync_client
 from flags.redis_keys import DEFAULT_PREFIX, RedisKeys
 from rollout.controller import Controller, ControllerConfig
+from rollout.golden_jobs import GoldenJobs
 from rollout.metrics import ControllerMetrics
 from rollout.notify import Webhooks, log_event
 from rollout.windows import RedisWindows
@@ -93,6 +95,34 @@ def run(controller: Controller, stop: threading.Event) -> None:
     show_default=True,
     help="Seconds a notification POST may take.",
 )
+@click.option(
+    "--triton-url",
+    envvar="TRAFFICSPLIT_TRITON_URL",
+    help="Run golden sets on Triton's gRPC host:port (default: the embedded onnxruntime engine).",
+)
+@click.option(
+    "--model-repository",
+    envvar="TRAFFICSPLIT_MODEL_REPOSITORY",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The embedded engine's models, and where a relative golden file is found "
+    "(default: the bundled triton_models/).",
+)
+@click.option(
+    "--golden-timeout",
+    "golden_timeout_s",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds per golden-set request.",
+)
+@click.option(
+    "--golden-max-age",
+    "golden_max_age_s",
+    type=click.FloatRange(0),
+    default=None,
+    help="Re-run a stored golden result older than this many seconds (default: any age, "
+    "while the versions and the golden spec are the same).",
+)
 def cli(
     redis_url: str,
     prefix: str,
@@ -101,6 +131,10 @@ def cli(
     replica: str | None,
     metrics_port: int,
     webhook_timeout_s: float,
+    triton_url: str | None,
+    model_repository: Path | None,
+    golden_timeout_s: float,
+    golden_max_age_s: float | None,
 ) -> None:
     """Drive every flag with a `ramp` section and a started rollout (`flagctl rollout start`)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -121,6 +155,12 @@ def cli(
             raise click.ClickException(
                 f"cannot serve /metrics on port {metrics_port}: {exc}"
             ) from exc
+    golden = GoldenJobs(
+        triton_url=triton_url,
+        model_repository=model_repository,
+        timeout_s=golden_timeout_s,
+        actor=f"trafficsplit-controller/{replica}",
+    )
     controller = Controller(
         client,
         RedisWindows(client, prefix, url=redis_url),
@@ -130,9 +170,11 @@ def cli(
             lease_ttl_s=lease_ttl_s,
             replica=replica,
             actor=f"trafficsplit-controller/{replica}",
+            golden_max_age_s=golden_max_age_s,
         ),
         metrics=metrics,
         webhooks=Webhooks(timeout_s=webhook_timeout_s),
+        golden=golden,
     )
     stop = threading.Event()
 
@@ -143,6 +185,7 @@ def cli(
     signal.signal(signal.SIGINT, _stop)
     log_event("controller_started", replica=replica, tick_s=tick_s, lease_ttl_s=lease_ttl_s)
     run(controller, stop)
+    golden.close()
     log_event("controller_stopped", replica=replica)
 
 

@@ -15,6 +15,12 @@ class ControllerMetrics:
             ["flag", "rule"],
             registry=r,
         )
+        self.blocked = Counter(
+            "trafficsplit_rollout_blocked",
+            "Rollouts a gate blocked before their first step, by flag and gate.",
+            ["flag", "gate"],
+            registry=r,
+        )
         self.steps = Counter(
             "trafficsplit_rollout_steps", "Ramp steps applied, by flag.", ["flag"], registry=r
         )

@@ -7,18 +7,19 @@ when it started, the control baseline for the 100 % step, the last verdict and t
 
 Phases::
 
-    pending ──(controller applies step 0)──▶ running ──(last step held)──▶ promoted
+    pending ──(gates pass, controller applies step 0)──▶ running ──(last step held)──▶ promoted
                                              │  ▲
                                  pause/resume│  │            breach ──▶ rolled_back
                                              ▼  │            abort  ──▶ aborted
                                             paused
+    pending ──(golden set or shadow health fails)──▶ blocked   (rollout.gates)
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,6 +37,7 @@ class Phase(enum.StrEnum):
     ROLLED_BACK = "rolled_back"
     PROMOTED = "promoted"
     ABORTED = "aborted"
+    BLOCKED = "blocked"  # a gate before the first step failed; the flag was never changed
 
 
 ACTIVE = frozenset({Phase.PENDING, Phase.RUNNING, Phase.PAUSED})
@@ -54,6 +56,15 @@ class BaselineRecord(_Strict):
     failures: Annotated[int, Field(ge=0)]
     p99_s: Annotated[float, FINITE, Field(ge=0)] | None = None
     recorded_at: Annotated[float, FINITE]
+
+
+class GateRecord(_Strict):
+    """One gate's last check before the first step (:mod:`rollout.gates`), shown by status."""
+
+    verdict: Literal["pass", "fail", "wait"]
+    reasons: list[Annotated[str, Field(max_length=2048)]] = Field(default_factory=list)
+    detail: dict[str, Any] = Field(default_factory=dict)
+    checked_at: Annotated[float, FINITE]
 
 
 class Event(_Strict):
@@ -75,6 +86,7 @@ class RolloutState(_Strict):
     started_at: Annotated[float, FINITE]
     baseline: BaselineRecord | None = None
     last_verdict: dict[str, Any] | None = None
+    gates: dict[Literal["golden", "shadow"], GateRecord] = Field(default_factory=dict)
     history: list[Event] = Field(default_factory=list)
     updated_at: Annotated[float, FINITE] = 0.0
     updated_by: Annotated[str, Field(max_length=256)] = ""

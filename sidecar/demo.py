@@ -2,14 +2,20 @@
 
 Starts ``trafficsplit-sidecar`` (embedded onnxruntime + the bundled flag file unless
 ``--redis-url``/``--triton-url`` say otherwise), sends the golden digits for a few thousand users
-through an unmodified ``tritonclient.grpc`` client, prints per-cohort request counts, accuracy per
-version and latency, and stops the sidecar.
+through an unmodified ``tritonclient.grpc`` client, and ``Track``s through the native API whether
+each answer was correct (the demo knows every digit's true label) and how long it took. Then it
+stops the sidecar, prints per-cohort request counts, accuracy per version and latency, and runs
+``flagctl report digits`` the way a user would: the events are ingested (from the sidecar's
+``--events-file`` on the embedded defaults, from Redis otherwise), the experiment is judged
+against the flag's ``experiment`` plan, the verdict is printed and the HTML report written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,13 +23,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 import tritonclient.grpc as triton
 from rich.console import Console
 from rich.table import Table
 
-from sidecar.launcher import SidecarProcess
-from sidecar.resources import default_model_repository
+from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
+from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
+from sidecar.launcher import ROOT, SidecarProcess
+from sidecar.resources import default_flags_file, default_model_repository
 
 GOLDEN = default_model_repository() / "digits" / "golden.npz"  # the checkout's or the wheel's
 
@@ -40,10 +49,39 @@ class Cohort:
         return len(self.latencies_ms)
 
 
-def run_traffic(address: str, users: int) -> tuple[dict[str, Cohort], dict[str, list[bool]]]:
+class Tracker:
+    """Outcomes through the native API's ``Track``, sent without waiting for each reply (the
+    futures are collected at the end), so tracking costs the demo little time."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(address)
+        self.stub = pb_grpc.TrafficSplitStub(self.channel)  # type: ignore[no-untyped-call]
+        self.pending: list[grpc.Future] = []
+
+    def track(self, user: str, metric: str, value: float) -> None:
+        request = pb.TrackRequest(flag="digits", user_id=user, metric=metric, value=value)
+        self.pending.append(self.stub.Track.future(request, timeout=30))
+
+    def close(self) -> tuple[int, str]:
+        """(outcomes accepted, the first refusal's message or "")."""
+        accepted, refusal = 0, ""
+        for future in self.pending:
+            try:
+                future.result()
+                accepted += 1
+            except grpc.RpcError as exc:
+                refusal = refusal or f"{exc.code().name}: {exc.details()}"
+        self.channel.close()
+        return accepted, refusal
+
+
+def run_traffic(
+    address: str, users: int
+) -> tuple[dict[str, Cohort], dict[str, list[bool]], tuple[int, str]]:
     golden = np.load(GOLDEN)
     pixels, labels = golden["pixels"].astype(np.float32), golden["labels"]
     client = triton.InferenceServerClient(address)
+    tracker = Tracker(address)
     cohorts: dict[str, Cohort] = defaultdict(Cohort)
     by_version: dict[str, list[bool]] = defaultdict(list)
     tensor = triton.InferInput("pixels", [1, 64], "FP32")
@@ -51,10 +89,10 @@ def run_traffic(address: str, users: int) -> tuple[dict[str, Cohort], dict[str, 
     for i in range(users):
         sample = i % len(labels)
         tensor.set_data_from_numpy(pixels[sample : sample + 1])
+        user = f"user-{i}"
+        headers = {"x-user-id": user, "x-attr-tier": "pro" if i % 3 == 0 else "free"}
         started = time.perf_counter()
-        result = client.infer(
-            "digits", [tensor], outputs=outputs, headers={"x-user-id": f"user-{i}"}
-        )
+        result = client.infer("digits", [tensor], outputs=outputs, headers=headers)
         elapsed = (time.perf_counter() - started) * 1000
         response = result.get_response()
         variant = response.parameters["trafficsplit.variant"].string_param
@@ -65,8 +103,24 @@ def run_traffic(address: str, users: int) -> tuple[dict[str, Cohort], dict[str, 
         cohort.fallbacks += response.parameters["trafficsplit.fallback"].bool_param
         cohort.latencies_ms.append(elapsed)
         by_version[response.model_version].append(ok)
+        tracker.track(user, "correct", float(ok))
+        tracker.track(user, "latency_ms", elapsed)
     client.close()
-    return cohorts, by_version
+    return cohorts, by_version, tracker.close()
+
+
+def run_report(args: argparse.Namespace, events_file: Path | None, db: Path, width: int) -> int:
+    """``flagctl report digits`` as a user runs it: ingest, judge, print, write the page."""
+    command = [sys.executable, "-m", "flagctl"]
+    if args.redis_url:
+        command += ["--redis-url", args.redis_url, "report", "digits"]
+    else:
+        command += ["report", "digits", "--no-redis", "--flags-file", str(default_flags_file())]
+    if events_file is not None:
+        command += ["--events-file", str(events_file)]
+    command += ["--db", str(db), "--html", str(args.html)]
+    env = {**os.environ, "COLUMNS": str(width)}
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
 
 def report(
@@ -118,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--triton-url", help="a Triton gRPC host:port instead of embedded onnxruntime"
     )
+    parser.add_argument(
+        "--html", type=Path, default=Path("demo-report.html"), help="where to write the report"
+    )
     args = parser.parse_args(argv)
+    args.html = args.html.resolve()
     console = Console(width=max(110, Console().width))
     sidecar_args = []
     if args.redis_url:
@@ -127,16 +185,28 @@ def main(argv: list[str] | None = None) -> int:
         sidecar_args += ["--triton-url", args.triton_url]
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "sidecar.log"
+        # Without Redis the sidecar appends its exposures and outcomes to a file (batched, off
+        # the request path); `flagctl report --events-file` ingests it.
+        events_file = None if args.redis_url else Path(tmp) / "events.jsonl"
+        if events_file is not None:
+            sidecar_args += ["--events-file", str(events_file)]
         started = time.perf_counter()
         with SidecarProcess(sidecar_args, stderr_path=log) as sidecar:
             console.print(
                 f"sidecar listening on {sidecar.address} "
                 f"(started in {time.perf_counter() - started:.1f}s); sending {args.users} users…"
             )
-            cohorts, by_version = run_traffic(sidecar.address, args.users)
-        console.print("sidecar stopped (SIGTERM, drained)")
-    report(cohorts, by_version, args.users, console)
-    return 0
+            cohorts, by_version, (tracked, refusal) = run_traffic(sidecar.address, args.users)
+        console.print(
+            f"sidecar stopped (SIGTERM, drained, events flushed); {tracked} outcomes tracked"
+            + (f" ({refusal})" if refusal else "")
+        )
+        report(cohorts, by_version, args.users, console)
+        console.rule("flagctl report digits")
+        code = run_report(args, events_file, Path(tmp) / "experiments.duckdb", console.width)
+    if code == 0:
+        console.print(f"HTML report: {args.html}")
+    return code
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ RequestError                      the request cannot be served as sent
 ├── UnknownModel                  NOT_FOUND
 ├── PinningForbidden              FAILED_PRECONDITION: the flag forbids explicit versions
 ├── NoFlag                        FAILED_PRECONDITION: no flag and no stable version configured
-└── Overloaded                    RESOURCE_EXHAUSTED: shed (too many in flight, or the deadline
-                                  is shorter than the stable version needs)
+├── Overloaded                    RESOURCE_EXHAUSTED: shed (too many in flight, or the deadline
+│                                 is shorter than the stable version needs)
+└── Unsupported                   UNIMPLEMENTED: this backend cannot serve the method (streams
+                                  on the embedded engine)
 BackendError (sidecar.backends)   mapped by its ErrorKind
 anything else                     INTERNAL (a bug: logged with its traceback, costs one request)
 
@@ -47,6 +49,10 @@ class NoFlag(RequestError):
 
 class Overloaded(RequestError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unsupported(RequestError):
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 _BACKEND_CODES = {

@@ -102,12 +102,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._count_error(method, str(code.name))
         await context.abort(code, text)
 
-    def _unary(self, method: str, message: str, inner: Any) -> Any:
+    def _unary(self, method: str, message: str, inner: Any, *, streamed: bool = False) -> Any:
+        """A handler with one response; ``streamed``: its requests come as a stream."""
+
         async def behaviour(request: Any, context: Any) -> Any:
             try:
-                _check_decoded(request, message)
-                result = inner(request, context)
+                result = inner(_checked(request, message, streamed), context)
                 return await result if inspect.isawaitable(result) else result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(method, context, exc)
+
+        return behaviour
+
+    def _streaming(self, method: str, message: str, inner: Any, *, streamed: bool = False) -> Any:
+        """A handler with a response stream; ``streamed``: its requests come as a stream."""
+
+        async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in _relay(inner(_checked(request, message, streamed), context)):
+                    yield item
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
@@ -116,55 +131,32 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return behaviour
 
     def _unary_stream(self, method: str, message: str, inner: Any) -> Any:
-        async def behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                _check_decoded(request, message)
-                result = inner(request, context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result  # writes with context.write()
-                else:
-                    for item in result:
-                        yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(method, context, exc)
-
-        return behaviour
+        return self._streaming(method, message, inner)
 
     def _stream_unary(self, method: str, message: str, inner: Any) -> Any:
-        async def behaviour(requests: Any, context: Any) -> Any:
-            try:
-                result = inner(_checked_stream(requests, message), context)
-                return await result if inspect.isawaitable(result) else result
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(method, context, exc)
-
-        return behaviour
+        return self._unary(method, message, inner, streamed=True)
 
     def _stream_stream(self, method: str, message: str, inner: Any) -> Any:
-        async def behaviour(requests: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                result = inner(_checked_stream(requests, message), context)
-                if hasattr(result, "__aiter__"):
-                    async for item in result:
-                        yield item
-                elif inspect.isawaitable(result):
-                    await result
-                else:
-                    for item in result:
-                        yield item
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:
-                await self._abort(method, context, exc)
+        return self._streaming(method, message, inner, streamed=True)
 
-        return behaviour
+
+def _checked(request: Any, message: str, streamed: bool) -> Any:
+    if streamed:
+        return _checked_stream(request, message)
+    _check_decoded(request, message)
+    return request
+
+
+async def _relay(result: Any) -> AsyncIterator[Any]:
+    """What a streaming handler produced, whichever way it produced it."""
+    if hasattr(result, "__aiter__"):
+        async for item in result:
+            yield item
+    elif inspect.isawaitable(result):
+        await result  # the handler writes with context.write()
+    else:
+        for item in result:
+            yield item
 
 
 def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Any:

@@ -9,11 +9,15 @@ parameters (and trailing metadata) carry the flag, variant, reason and fallback.
 the routing header is read off the wire, the target appended, and Triton's reply returned with the
 assignment parameters appended (:mod:`sidecar.wire`). The embedded engine needs the tensors, so
 there the request is parsed as usual.
+
+``ModelStreamInfer`` (decoupled models, token streaming) is routed in front of Triton only: the
+cohort is chosen once per stream and every message retargeted (:mod:`sidecar.streams`). The
+embedded engine answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -25,8 +29,9 @@ from flags.store import FlagStore
 from sidecar import render, wire
 from sidecar.backends.base import InferenceBackend
 from sidecar.calls import MessageCall, RawCall, set_parameter
-from sidecar.errors import InvalidRequest
+from sidecar.errors import InvalidRequest, Unsupported
 from sidecar.routing import Router
+from sidecar.streams import StreamRoute
 from sidecar.subjects import SubjectRules, subject_from_metadata
 from sidecar.telemetry import metadata_dict
 from sidecar.tensors import check_inputs, check_message
@@ -87,6 +92,9 @@ class KServeFacade:
                 ),
                 "ModelInfer": grpc.unary_unary_rpc_method_handler(
                     self.ModelInfer
+                ),  # bytes in, bytes out
+                "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                    self.ModelStreamInfer
                 ),  # bytes in, bytes out
             },
         )
@@ -175,3 +183,42 @@ class KServeFacade:
             set_parameter(response.parameters[key], value)
         context.set_trailing_metadata(render.trailing_metadata(routed.assignment))
         return bytes(response.SerializeToString())
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[bytes]:
+        """Route a stream to one cohort's version (sidecar.streams); Triton only."""
+        if not self._raw:
+            raise Unsupported(
+                "ModelStreamInfer is routed only in front of Triton (--triton-url): the embedded "
+                "onnxruntime engine answers each request with one response, so call ModelInfer"
+            )
+        first = await anext(aiter(requests), None)
+        if first is None:
+            return  # the client closed without a request: nothing to route
+        try:
+            header = wire.read_request_header(first)
+        except wire.WireError as exc:
+            raise InvalidRequest(f"message 1 of the stream: {exc}") from exc
+        check_inputs(header.inputs, header.raw_input_sizes)
+        invocation = context.invocation_metadata() or ()
+        subject = subject_from_metadata(
+            metadata_dict(invocation),
+            self._rules,
+            parameter_user_id=header.string_parameters.get(self._rules.user_id_header, ""),
+        )
+        route = StreamRoute(
+            self._router,
+            first,
+            header,
+            requests,
+            subject,
+            timeout=context.time_remaining(),
+            metadata=invocation,
+        )
+        try:
+            async for response in route.responses():
+                yield response
+        finally:
+            if route.assignment is not None:
+                context.set_trailing_metadata(render.trailing_metadata(route.assignment))

@@ -218,6 +218,19 @@ class _StoreCollector(Collector):
         for key, flag in self._store.snapshot.items():
             revision.add_metric([key], flag.revision)
         yield revision
+        # Which version is each flag's stable one: Prometheus alert rules compare a candidate
+        # with it (deploy/prometheus/), and only the flag knows which variant is the default.
+        variants = GaugeMetricFamily(
+            "trafficsplit_flag_variant_info",
+            '1 for each variant of each flag being served, with its target; default="true" for '
+            "the default (stable) variant.",
+            labels=["flag", "variant", "model", "version", "default"],
+        )
+        for key, flag in self._store.snapshot.items():
+            for name, target in flag.spec.variants.items():
+                default = "true" if name == flag.spec.default_variant else "false"
+                variants.add_metric([key, name, target.model, target.version, default], 1)
+        yield variants
         yield GaugeMetricFamily(
             "trafficsplit_flag_store_stale",
             "1 while the flag source is unreachable and the last good flags serve.",

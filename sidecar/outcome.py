@@ -49,6 +49,9 @@ SKIPPED_CIRCUIT_OPEN = "CIRCUIT_OPEN"  # not sent: the circuit is open
 SKIPPED_NOT_READY = "NOT_READY"  # not sent: the version is not loaded on the backend
 CANCELLED = "CANCELLED"  # the caller went away mid-call
 
+# The rpc of a routed ModelStreamInfer stream (sidecar.streams): settled once, as one request.
+STREAM_RPC = "ModelStreamInfer"
+
 
 class Attempt(NamedTuple):
     """One backend call (or a call skipped for an open circuit or a missing version)."""

@@ -14,9 +14,10 @@ open).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,72 @@ class Router:
         self._settle(exchange, routed.assignment, attempts, None)
         return routed
 
+    # -- For a path that dispatches by itself (ModelStreamInfer, sidecar.streams): the same
+    # admission, policies, labels and settlement as infer(), so its outcome is the same value.
+
+    @property
+    def observer(self) -> Observer:
+        return self._observer
+
+    @property
+    def readiness(self) -> VersionReadiness:
+        return self._readiness
+
+    @property
+    def policy(self) -> FallbackPolicy:
+        return self._policy
+
+    @property
+    def default_timeout_s(self) -> float:
+        """The deadline of a call that came without one."""
+        return self._default_timeout_s
+
+    def admit(self, exchange: Exchange, pinned_version: str) -> RoutePlan:
+        """Shed or plan ``exchange`` as :meth:`infer` does, and tell the observers
+        (``on_rejected``, or ``on_request`` with ``exchange.assignment`` set)."""
+        try:
+            if self._max_in_flight and self._in_flight >= self._max_in_flight:
+                raise Overloaded(
+                    f"{self._in_flight} requests in flight, the limit (--max-in-flight) is "
+                    f"{self._max_in_flight}: retry with backoff, or add sidecar capacity"
+                )
+            plan = self.plan(exchange.model, pinned_version, exchange.subject)
+        except RequestError as exc:
+            self._observer.on_rejected(exchange, exc)
+            raise
+        exchange.assignment = Assignment.planned(plan)
+        self._observer.on_request(exchange)
+        self._budget.record_request()
+        return plan
+
+    @contextlib.contextmanager
+    def in_flight_slot(self) -> Iterator[None]:
+        """Count one admitted request (or stream) in flight while the block runs."""
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    def label(self, hop: Hop) -> str:
+        return self._label(hop)
+
+    def may_retry(self, deadline: float) -> bool:
+        """Whether a fallback may be sent now (deadline left, retry budget)."""
+        return self._may_retry(deadline)
+
+    def settle(
+        self,
+        exchange: Exchange,
+        assignment: Assignment,
+        attempts: list[Attempt],
+        error: BaseException | None,
+        *,
+        seconds: float,
+    ) -> None:
+        """Build the RequestOutcome and tell the observers (``on_settled``)."""
+        self._settle(exchange, assignment, attempts, error, seconds=seconds)
+
     def _refuse_if_too_late(self, plan: RoutePlan, deadline: float) -> None:
         """Refuse now a request whose deadline is shorter than the stable version's median:
         it would very likely time out after taking a backend slot."""
@@ -294,6 +361,8 @@ class Router:
         assignment: Assignment | None,
         attempts: list[Attempt],
         error: BaseException | None,
+        *,
+        seconds: float | None = None,
     ) -> None:
         assert assignment is not None
         if error is None:
@@ -311,6 +380,6 @@ class Router:
             tuple(attempts),
             status,
             message,
-            time.perf_counter() - exchange.started,
+            time.perf_counter() - exchange.started if seconds is None else seconds,
         )
         self._observer.on_settled(exchange, outcome)

@@ -16,7 +16,8 @@ Rules:
   independent of user, request content and arrival pattern, so the mirrored traffic is a fair
   sample of all of the flag's traffic and a periodic client cannot alias with it;
 - a sampled request is skipped (and counted) when it failed, when it was pinned (golden sets, debugging: not
-  real traffic), and when the version that served it IS the shadow version;
+  real traffic), and when the version that served it IS the shadow version; a ``ModelStreamInfer``
+  stream is never mirrored (reason ``stream``: its messages are not kept for a second send);
 - at most ``shadow.max_concurrency`` shadow calls in flight per flag in this sidecar; a sampled
   request beyond that is dropped and counted, never queued;
 - a shadow call never touches the router's circuit breaker, retry budget or fallback, and its
@@ -48,7 +49,7 @@ from flags.store import FlagStore
 from sidecar.answers import AnswerError, Comparison, Verdict, compare_answers, decode_response
 from sidecar.backends.base import BackendError, ErrorKind, InferenceBackend
 from sidecar.observers import Exchange, Observer
-from sidecar.outcome import RequestOutcome
+from sidecar.outcome import STREAM_RPC, RequestOutcome
 from sidecar.plan import Hop, Membership
 from signals.latency import PROMETHEUS_BUCKETS
 from signals.model import Group
@@ -112,7 +113,7 @@ class ShadowMetrics:
         )
         self.skipped = Counter(
             "trafficsplit_shadow_skipped",
-            "Sampled requests not mirrored (reason: failed | pinned | served_is_shadow).",
+            "Sampled requests not mirrored (reason: failed | pinned | served_is_shadow | stream).",
             ("flag", "reason"),
             registry=r,
         )
@@ -170,6 +171,8 @@ class ShadowObserver(Observer):
         if self._random() * 100.0 >= spec.percent:  # drawn first: the common case stops here
             return None
         target = Hop.of(flag.spec.variants[spec.variant])
+        if exchange.rpc == STREAM_RPC:
+            return self._count(assignment.flag, "stream")
         if outcome.status != "OK" or exchange.response is None or exchange.call is None:
             return self._count(assignment.flag, "failed")
         if assignment.membership is Membership.PINNED:

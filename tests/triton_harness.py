@@ -342,3 +342,95 @@ class TritonServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# --- A decoupled model for ModelStreamInfer (tests/e2e/test_streaming.py) ---------------------
+
+TOKENS_MODEL = "tokens"
+
+# Streams ``count`` responses per request, each tagged with its version: response i carries
+# ``index`` = i and ``version`` = the model version. ``fail_at`` (optional) >= 0 makes response
+# number ``fail_at`` an error instead (a mid-stream failure); while the config's fail file for
+# this version exists, the very first response is an error (a candidate failing before its first
+# response).
+TOKENS_MODEL_PY = '''\
+"""A decoupled model that streams numbered responses (written by the test harness)."""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.version = int(args["model_version"])
+        fail = config["parameters"].get("fail_file_v" + args["model_version"], {})
+        self.fail_file = fail.get("string_value", "")
+
+    def execute(self, requests):
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        for request in requests:
+            sender = request.get_response_sender()
+            if self.fail_file and os.path.exists(self.fail_file):
+                error = pb_utils.TritonError("injected failure before the first response")
+                sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+                continue
+            count = int(pb_utils.get_input_tensor_by_name(request, "count").as_numpy().ravel()[0])
+            fail_at = pb_utils.get_input_tensor_by_name(request, "fail_at")
+            fail_at = -1 if fail_at is None else int(fail_at.as_numpy().ravel()[0])
+            for i in range(count):
+                if i == fail_at:
+                    error = pb_utils.TritonError(f"injected failure at response {i}")
+                    sender.send(pb_utils.InferenceResponse(error=error))
+                    break
+                tensors = [
+                    pb_utils.Tensor("index", np.array([i], np.int32)),
+                    pb_utils.Tensor("version", np.array([self.version], np.int32)),
+                ]
+                sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
+            sender.send(flags=final)
+        return None
+'''
+
+TOKENS_CONFIG_PBTXT = """\
+# Test-only decoupled model: streams `count` responses per request (tests/triton_harness.py).
+name: "{name}"
+backend: "python"
+max_batch_size: 0
+model_transaction_policy {{ decoupled: true }}
+version_policy: {{ specific: {{ versions: [{versions}] }} }}
+input [
+  {{ name: "count" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "fail_at" data_type: TYPE_INT32 dims: [ 1 ] optional: true }}
+]
+output [
+  {{ name: "index" data_type: TYPE_INT32 dims: [ 1 ] }},
+  {{ name: "version" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+"""
+
+
+def build_tokens_repository(
+    dest: Path,
+    versions: Sequence[int] = (1, 2),
+    *,
+    fail_files: Mapping[int, Path] | None = None,
+) -> Path:
+    """Write ``dest/tokens``: the decoupled streaming model for ``versions``; ``fail_files``
+    makes a version fail before its first response while that file exists."""
+    model_dir = dest / TOKENS_MODEL
+    for version in versions:
+        (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+        (model_dir / str(version) / "model.py").write_text(TOKENS_MODEL_PY)
+    (model_dir / "config.pbtxt").write_text(
+        TOKENS_CONFIG_PBTXT.format(name=TOKENS_MODEL, versions=", ".join(str(v) for v in versions))
+        + "".join(
+            f'parameters {{ key: "fail_file_v{v}" value: {{ string_value: "{f}" }} }}\n'
+            for v, f in (fail_files or {}).items()
+        )
+    )
+    return dest

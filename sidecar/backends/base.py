@@ -119,3 +119,47 @@ class RawInferenceBackend(InferenceBackend, Protocol):
         metadata: tuple[tuple[str, str], ...] = (),
         what: str = "the model",
     ) -> bytes: ...
+
+
+class BackendStream(Protocol):
+    """One bidirectional ``ModelStreamInfer`` call to a backend, bytes in and bytes out.
+
+    Every failure is a :class:`BackendError` (translated in the adapter): from ``read`` when the
+    stream ends with an error status, from ``write``/``done_writing`` when it has already ended.
+    """
+
+    async def write(self, request: bytes) -> None:
+        """Send one serialized ``ModelInferRequest``."""
+        ...
+
+    async def done_writing(self) -> None:
+        """No more requests: the backend ends the stream once it has answered them."""
+        ...
+
+    async def read(self) -> bytes | None:
+        """The next serialized ``ModelStreamInferResponse``; None when the stream ended OK."""
+        ...
+
+    def cancel(self) -> None:
+        """Abandon the call (a fallback replaces it, or the caller went away)."""
+        ...
+
+    def error_of(self, message: str) -> BackendError:
+        """A response's ``error_message`` as a BackendError of the right kind (the backend's
+        wording decides: an unknown version is NOT_FOUND, a malformed request INVALID_ARGUMENT)."""
+        ...
+
+
+@runtime_checkable
+class StreamingBackend(RawInferenceBackend, Protocol):
+    """A backend that serves ``ModelStreamInfer`` (decoupled models, e.g. token streaming)."""
+
+    def open_stream(
+        self,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        what: str = "the model",
+    ) -> BackendStream:
+        """Start a stream; it connects lazily (the first write or read reports a failure)."""
+        ...

@@ -26,7 +26,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped, unused-ignore]  # no stubs in the dev deps yet
 from tritonclient.grpc import service_pb2 as kserve
@@ -34,10 +34,14 @@ from tritonclient.grpc import service_pb2_grpc
 
 from sidecar.backends.base import BackendError, ErrorKind
 
+if TYPE_CHECKING:
+    from sidecar.backends.triton_stream import TritonStream
+
 logger = logging.getLogger("sidecar.backends.triton")
 
 ENGINE = "triton"
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER_METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
 MIB = 1024 * 1024
 # Triton's wording for "no such model/version", whatever status code it came with.
 _NOT_FOUND_TEXT = re.compile(
@@ -79,6 +83,7 @@ class TritonBackend:
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
         self._infer_raw: Any = None
+        self._stream_raw: Any = None
         self._reachable: bool | None = None  # last server_ready answer, for transition logs
 
     @property
@@ -106,9 +111,11 @@ class TritonBackend:
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         # Same method, bytes in and bytes out: the sidecar's pass-through never parses tensors.
         self._infer_raw = self._channel.unary_unary(MODEL_INFER_METHOD)
+        self._stream_raw = self._channel.stream_stream(MODEL_STREAM_INFER_METHOD)
 
     async def close(self) -> None:
         channel, self._channel, self._stub, self._infer_raw = self._channel, None, None, None
+        self._stream_raw = None
         if channel is not None:
             await channel.close()
 
@@ -228,6 +235,22 @@ class TritonBackend:
             return bytes(await self._infer_raw(request, timeout=timeout, metadata=metadata))
         except grpc.aio.AioRpcError as exc:
             raise translate_error(exc, url=self._url, what=what, timeout=timeout) from exc
+
+    def open_stream(
+        self,
+        *,
+        timeout: float | None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        what: str = "the model",
+    ) -> TritonStream:
+        """A ``ModelStreamInfer`` call on the same channel, bytes in and bytes out
+        (:mod:`sidecar.backends.triton_stream`)."""
+        from sidecar.backends.triton_stream import TritonStream
+
+        if self._stream_raw is None:
+            raise self._not_started()
+        call = self._stream_raw(timeout=timeout, metadata=metadata)
+        return TritonStream(call, url=self._url, what=what, timeout=timeout)
 
     async def _call(
         self,

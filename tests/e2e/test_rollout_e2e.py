@@ -54,7 +54,10 @@ def test_a_candidate_failing_at_the_5_percent_step_is_rolled_back_within_10_s(
     assert trial.user_errors == 0, stack.load.errors[-5:]  # every user was served (fallback)
     assert candidate_share(stack) == 0.0
     fired = trial.evidence["fired"]
-    assert fired and fired[0]["rule"] in ("short_max_error_rate", "max_error_rate")
+    rules = {f["rule"] for f in fired}
+    # The error rules catch it; the p99 rule may fire in the same tick (a failing call is slower
+    # than a served one), which is a rollback for the same failures, with the same evidence.
+    assert rules and rules <= {"short_max_error_rate", "max_error_rate", "max_p99_latency_ratio"}
     assert trial.evidence["candidate_short"]["failures"] > 0
     assert trial.evidence["control_long"]["attempts"] > trial.evidence["candidate_long"]["attempts"]
     print(f"time to rollback: {trial.seconds:.2f} s; evidence: {json.dumps(fired)}")

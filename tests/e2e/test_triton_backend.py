@@ -94,7 +94,7 @@ def test_triton_matches_the_embedded_engine_on_the_golden_set(
         np.testing.assert_allclose(
             remote[version]["probabilities"], local[version]["probabilities"], atol=1e-6
         )
-        assert np.mean(remote[version]["label"][:, 0] == labels) >= 0.9
+        assert np.mean(remote[version]["label"][:, 0] == labels) >= 0.85  # v1 weak on purpose
     assert np.any(remote["1"]["label"] != remote["2"]["label"]), "Triton ran one version twice"
 
 

@@ -65,11 +65,12 @@ def test_start_pause_resume_abort_are_written_and_audited(cli: Any) -> None:
         -1,
     )
     assert as_json(cli, "rollout", "pause", "digits")["phase"] == "paused"
-    assert as_json(cli, "rollout", "resume", "digits")["phase"] == "running"
+    # paused before its first step: resumed to pending (the gates, then step 1), not running
+    assert as_json(cli, "rollout", "resume", "digits")["phase"] == "pending"
     status = as_json(cli, "rollout", "status", "digits")
     assert status["flag_share"] == 5 and status["controller_leader"] is None
     code, out, _ = cli("rollout", "status", "digits")
-    assert code == 0 and "running" in out and "controller: none running" in out
+    assert code == 0 and "pending" in out and "controller: none running" in out
     aborted = as_json(cli, "rollout", "abort", "digits", "--reason", "not today")
     assert aborted["phase"] == "aborted"
     spec = cli.admin.get("digits").spec

@@ -17,7 +17,10 @@ from experiments.events.validate import InvalidEvent, outcome_from
 from flags.schema import parse_flag
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-FLAGS = {"digits": parse_flag(experiment_flag()), "plain": parse_flag(digits_flag(key="plain"))}
+FLAGS = {
+    "digits": parse_flag(experiment_flag()),
+    "plain": parse_flag(digits_flag(key="plain", experiment=None)),
+}
 
 
 def track(**overrides: Any) -> Outcome:

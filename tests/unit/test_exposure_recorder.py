@@ -73,7 +73,7 @@ def test_only_exposed_and_served_requests_of_experiment_flags_count() -> None:
     router, sink, _ = setup(experiment_flag(allocation={"coverage": 0, "split": {"control": 100}}))
     serve(router, "outside")  # outside coverage
     assert sink.events == []
-    router, sink, _ = setup(digits_flag(rules=[]))  # no experiment section: nothing to record
+    router, sink, _ = setup(digits_flag(rules=[], experiment=None))  # no experiment: nothing
     serve(router, "u1")
     assert sink.events == []
     router, sink, _ = setup(experiment_flag(), fail=True)

@@ -77,10 +77,13 @@ def test_both_versions_serve_the_golden_set(golden: Any) -> None:
 
     (v1, p1), (v2, p2) = with_backend(scenario)
     for predicted, probabilities in ((v1, p1), (v2, p2)):
-        assert np.mean(predicted == labels) >= 0.9
+        assert np.mean(predicted == labels) >= 0.85
         np.testing.assert_array_equal(predicted, probabilities.argmax(axis=1))
         np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
     assert np.any(v1 != v2), "versions 1 and 2 must be distinguishable on the golden set"
+    # v1 is weak on purpose (docs/models.md): the demo's experiment needs a real effect to find.
+    assert np.mean(v1 == labels) == pytest.approx(391 / 450)
+    assert np.mean(v2 == labels) == pytest.approx(435 / 450)
 
 
 def test_empty_version_runs_the_latest_and_echoes_the_id(golden: Any) -> None:

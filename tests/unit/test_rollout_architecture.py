@@ -7,7 +7,7 @@ from test_architecture import imported_modules
 
 # The golden-set gate runs models directly on the sidecar's engines (Triton, embedded
 # onnxruntime): its runner and command are the one adapter that may use serving code.
-ENGINE_ADAPTERS = frozenset({"golden_runner.py", "golden_cli.py"})
+ENGINE_ADAPTERS = frozenset({"golden_runner.py", "golden_cli.py", "golden_jobs.py"})
 
 
 def offenders(
