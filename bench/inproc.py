@@ -47,12 +47,14 @@ Call = Callable[[int], Awaitable[object]]
 
 
 def bench_flag() -> dict[str, Any]:
-    """The demo flag plus an experiment section, so exposures are recorded on every path."""
+    """The demo flag with its experiment section (one is added if it has none), so exposures are
+    recorded on every path of the parts that measure the in-process client, sidecars included
+    (the other serving parts load the flag without it)."""
     doc: dict[str, Any] = json.loads(DIGITS_FLAG.read_text())
-    doc["experiment"] = {
-        "metrics": [{"name": "correct", "type": "binary"}],
-        "primary_metric": "correct",
-    }
+    doc.setdefault(
+        "experiment",
+        {"metrics": [{"name": "correct", "type": "binary"}], "primary_metric": "correct"},
+    )
     return doc
 
 
