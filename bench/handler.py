@@ -29,10 +29,10 @@ from bench.report import Metric, PartReport
 from bench.servers import DIGITS_FLAG
 from flags.store import FlagStore
 from sidecar import wire
+from sidecar.assembly import build_observers
 from sidecar.kserve_facade import KServeFacade
 from sidecar.metrics import SidecarMetrics
 from sidecar.routing import Router
-from sidecar.server import build_observers
 from sidecar.subjects import SubjectRules
 
 BARE, OFF, ON = "bare pass-through", "sidecar, tracing off", "sidecar, tracing on"

@@ -8,7 +8,9 @@ Four paths to the same real ``tritonserver`` (CPU, digits v1/v2, 1x64 FP32 input
   -> Triton, same: the floor of any Python grpc.aio hop;
 * ``sidecar kserve``: tritonclient -> sidecar KServe-v2 facade (user id in ``x-user-id``, flags from
   Redis) -> Triton;
-* ``sidecar native``: the generated ``TrafficSplit`` stub -> sidecar -> Triton.
+* ``sidecar native``: the generated ``TrafficSplit`` stub -> sidecar -> Triton;
+* no hop: ``Triton direct (asyncio)`` and the ``in-process client`` (spans sampled out, or all
+  exported) in the bench's own event loop (:mod:`bench.inproc`); their CPU is the client's.
 
 Per round and path: concurrency 1 (sync clients) for p50/p99, then concurrency 16 (asyncio clients)
 for throughput and the CPU time per request of the hop process (nginx master + worker, or the
@@ -32,6 +34,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
+from bench import inproc
 from bench.common import tree_cpu_seconds
 from bench.report import Metric, PartReport, percentile
 from bench.servers import DIGITS_FLAG, naive_proxy, nginx, sidecar, stack
@@ -44,7 +47,7 @@ from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
 
 DIRECT, NGINX, NAIVE = "direct", "nginx", "grpc.aio pass-through"
 KSERVE, NATIVE = "sidecar kserve", "sidecar native"
-PATHS = (DIRECT, NGINX, NAIVE, KSERVE, NATIVE)
+PATHS = (DIRECT, NGINX, NAIVE, KSERVE, NATIVE, *inproc.PATHS)
 USERS = [f"user-{i:04d}" for i in range(512)]
 CONCURRENCY = 16
 
@@ -71,6 +74,7 @@ class Endpoint:
     name: str
     url: str
     hop_pid: int | None
+    redis_url: str = ""  # the in-process client's flags
 
     def sync_call(self) -> tuple[Callable[[int], object], Callable[[], None]]:
         return self._call(grpc.insecure_channel, triton_grpc.InferenceServerClient)
@@ -154,14 +158,29 @@ async def concurrency_n(endpoint: Endpoint, total: int, limit_s: float) -> tuple
         await close()
 
 
+_C1: dict[str, list[float]] = {}  # the no-hop paths' c=1 latencies, measured together
+
+
 def measure(
     part: PartReport, endpoint: Endpoint, triton_pid: int, c1: int, cn: int, limit_s: float
 ) -> dict[str, float]:
-    latencies = concurrency_1(endpoint, c1, warmup=max(20, c1 // 20))
+    no_hop = endpoint.name in inproc.PATHS
+    args: dict[str, Any] = {"triton_url": endpoint.url, "redis_url": endpoint.redis_url,
+                            "users": USERS, "x": pixels()}  # fmt: skip
+    if no_hop:  # c=1 for the three no-hop paths together, interleaved (bench.inproc)
+        if endpoint.name not in _C1:
+            _C1.update(asyncio.run(inproc.latencies(c1, max(20, c1 // 20), **args)))
+        latencies = _C1.pop(endpoint.name)
+    else:
+        latencies = concurrency_1(endpoint, c1, warmup=max(20, c1 // 20))
     hop_before = tree_cpu_seconds(endpoint.hop_pid) if endpoint.hop_pid else 0.0
     triton_before = tree_cpu_seconds(triton_pid)
     client_before = time.process_time()
-    count, seconds = asyncio.run(concurrency_n(endpoint, cn, limit_s))
+    if no_hop:
+        throughput = inproc.throughput(endpoint.name, cn, limit_s, CONCURRENCY, **args)
+        count, seconds = asyncio.run(throughput)
+    else:
+        count, seconds = asyncio.run(concurrency_n(endpoint, cn, limit_s))
     client_cpu = time.process_time() - client_before
     triton_cpu = tree_cpu_seconds(triton_pid) - triton_before
     result = {
@@ -194,6 +213,7 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
             Metric("x_nginx_cpu", "CPU / nginx's", 2),
             Metric("triton_cpu_us", "Triton CPU µs/req", 0),
             Metric("client_cpu_us", "client CPU µs/req", 0),
+            Metric("added_client_cpu_us", "added client CPU µs/req", 1),
         ],
     )
     part.params = {
@@ -202,10 +222,10 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
         "requests_c16": cn,
         "c16_time_limit_s": limit_s,
         "users": len(USERS),
-        "flag": "deploy/flags/digits.json (80/20 split)",
+        "flag": "deploy/flags/digits.json (80/20 split) + an experiment section",
     }
     with ExitStack() as exits:
-        st = exits.enter_context(stack())
+        st = exits.enter_context(stack(inproc.bench_flag()))
         proxy = exits.enter_context(nginx(st.triton.grpc_port))
         naive = exits.enter_context(naive_proxy(st.triton.grpc_url))
         side = exits.enter_context(sidecar(st.redis.url, st.triton.grpc_url))
@@ -215,6 +235,10 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
             NAIVE: Endpoint(NAIVE, naive.url, naive.pid),
             KSERVE: Endpoint(KSERVE, side.address, side.pid),
             NATIVE: Endpoint(NATIVE, side.address, side.pid),
+            **{
+                name: Endpoint(name, st.triton.grpc_url, None, st.redis.url)
+                for name in inproc.PATHS
+            },
         }
         part.info["processes"] = {
             "nginx": proxy.pid,
@@ -230,6 +254,10 @@ def run(*, rounds: int = 5, quick: bool = False) -> PartReport:
             }
             derive(part, results)
     add_targets(part)
+    part.notes.append(
+        "in-process rows: added = p50 minus Triton direct (asyncio)'s in the same round, and "
+        "their CPU is the bench process's own (client_cpu_us)"
+    )
     part.notes.append(
         "added = p50 minus direct's p50 in the same round; CPU columns are measured during the "
         "c16 phase; the client, Triton and the hop share this machine's CPUs"
@@ -250,9 +278,23 @@ def derive(part: PartReport, results: dict[str, dict[str, float]]) -> None:
             part.add(
                 name, "x_nginx_cpu", results[name]["hop_cpu_us"] / results[NGINX]["hop_cpu_us"]
             )
+    base = results[inproc.DIRECT_AIO]
+    for name in (inproc.INPROC, inproc.INPROC_SPANS):
+        part.add(name, "added_p50_us", results[name]["p50_us"] - base["p50_us"])
+        part.add(name, "x_direct_rps", results[name]["rps"] / base["rps"])
+        part.add(
+            name, "added_client_cpu_us", results[name]["client_cpu_us"] - base["client_cpu_us"]
+        )
 
 
 def add_targets(part: PartReport) -> None:
+    part.target(
+        "in-process client added p50 vs Triton direct (asyncio)",
+        part.median(inproc.INPROC, "added_p50_us"),
+        "<=",
+        20.0,
+        "µs",
+    )
     for name in (KSERVE, NATIVE):
         part.target(
             f"{name} added p50 vs nginx's", part.median(name, "x_nginx_added"), "<=", 2.0, "x"

@@ -1,10 +1,10 @@
-"""The composition root: builds the store, flag source, backend, router, observers and gRPC
-server from one :class:`Settings`, and runs them. Nothing here runs at import time.
+"""The composition root: the request path (:mod:`sidecar.assembly`, shared with the in-process
+client) behind a gRPC server, built from one :class:`Settings` and run. Nothing here runs at
+import time.
 
-Decisions made here and nowhere else: which backend, whether requests are forwarded as raw bytes
-(backends that accept them: Triton) or parsed (the embedded engine), which observers watch the
-request path (tracing only when spans go somewhere), and the fail-safe policy for models without a
-flag (``--stable`` pins, ``--unflagged``).
+Decided here: whether requests are forwarded as raw bytes (backends that accept them: Triton) or
+parsed (the embedded engine); health, reflection, ``/metrics`` and the drain on shutdown. Which
+backend, which observers and the fail-safe policy are decided in :mod:`sidecar.assembly`.
 """
 
 from __future__ import annotations
@@ -20,30 +20,24 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 from tritonclient.grpc import service_pb2 as kserve
 
-from flags.redis_keys import RedisKeys
-from flags.sources import FileFlagSource, FlagSource, RedisFlagSource
+from flags.sources import FlagSource
 from flags.store import FlagStore
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2 as pb
 from sidecar._proto.trafficsplit.v1 import trafficsplit_pb2_grpc as pb_grpc
+from sidecar.assembly import RequestPath
 from sidecar.backends.base import BackendError, InferenceBackend, RawInferenceBackend
-from sidecar.circuit import CircuitBreaker
 from sidecar.events import EventRecording
-from sidecar.fallback import FallbackPolicy
 from sidecar.interceptor import ErrorInterceptor
 from sidecar.kserve_facade import KServeFacade
-from sidecar.metrics import MetricsObserver, SidecarMetrics
+from sidecar.metrics import SidecarMetrics
 from sidecar.native_api import NativeService
-from sidecar.observers import FallbackLog, Observer, Observers, TraceContextPassthrough
-from sidecar.plan import UnflaggedPolicy, target_key
-from sidecar.readiness import VersionReadiness, default_targets, flag_targets
-from sidecar.retry_budget import RetryBudget
+from sidecar.plan import target_key
+from sidecar.readiness import VersionReadiness, default_targets
 from sidecar.routing import Router
 from sidecar.settings import Settings
-from sidecar.shadow import ShadowMetrics, ShadowObserver
-from sidecar.signal_recorder import SignalRecorder, build_signal_recorder
+from sidecar.shadow import ShadowObserver
+from sidecar.signal_recorder import SignalRecorder
 from sidecar.subjects import SubjectRules
-from sidecar.telemetry import build_tracer_provider, tracing_enabled
-from sidecar.tracing import TracingObserver
 
 log = logging.getLogger("sidecar.server")
 
@@ -51,69 +45,12 @@ KSERVE_SERVICE = kserve.DESCRIPTOR.services_by_name["GRPCInferenceService"].full
 NATIVE_SERVICE = pb.DESCRIPTOR.services_by_name["TrafficSplit"].full_name
 
 
-def build_backend(settings: Settings) -> InferenceBackend:
-    if settings.triton_url:
-        from sidecar.backends.triton import TritonBackend
-
-        return TritonBackend(settings.triton_url, max_message_bytes=settings.max_message_bytes)
-    from sidecar.backends.onnx_embedded import OnnxEmbeddedBackend
-
-    return OnnxEmbeddedBackend(
-        settings.model_repository, max_batch_delay_s=settings.batch_delay_ms / 1000
-    )
-
-
-def build_named_backends(settings: Settings) -> dict[str, InferenceBackend]:
-    """The ``--backend NAME=HOST:PORT`` backends (Triton servers) flag targets may name."""
-    from sidecar.backends.triton import TritonBackend
-
-    return {
-        name: TritonBackend(address, max_message_bytes=settings.max_message_bytes)
-        for name, address in settings.named_backends().items()
-    }
-
-
-def build_source(settings: Settings, store: FlagStore) -> FlagSource:
-    if settings.redis_url:
-        return RedisFlagSource(settings.redis_url, store, keys=RedisKeys(settings.redis_prefix))
-    return FileFlagSource(settings.flags_file, store)
-
-
-def build_observers(
-    metrics: SidecarMetrics,
-    tracer_provider: TracerProvider,
-    *,
-    tracing: bool,
-    trace_user_id: bool,
-    signals: SignalRecorder | None = None,
-    extra: tuple[Observer, ...] = (),
-) -> Observer:
-    observers: list[Observer] = [MetricsObserver(metrics), FallbackLog(), *extra]
-    observers += [signals] if signals is not None else []  # fleet-wide signals (docs/rollouts.md)
-    if tracing:
-        observers.append(
-            TracingObserver(
-                tracer_provider.get_tracer("trafficsplit.sidecar"), trace_user_id=trace_user_id
-            )
-        )
-    else:  # no spans at all: the caller's trace context is passed through as it came
-        observers.append(TraceContextPassthrough())
-    return Observers(observers)
-
-
 @dataclass
 class Sidecar:
-    """A running sidecar. ``start()`` returns the bound address; ``stop()`` drains gracefully."""
+    """A running sidecar: the shared :class:`RequestPath` behind a gRPC server with health,
+    reflection and ``/metrics``. ``start()`` returns the bound address; ``stop()`` drains."""
 
-    settings: Settings
-    store: FlagStore
-    source: FlagSource
-    backend: InferenceBackend
-    router: Router
-    tracer_provider: TracerProvider
-    metrics: SidecarMetrics
-    readiness: VersionReadiness
-    events: EventRecording | None = None
+    path: RequestPath
     server: grpc.aio.Server | None = None
     metrics_address: str = ""
     health: health.aio.HealthServicer | None = None
@@ -121,8 +58,6 @@ class Sidecar:
     serving: bool = False
     _health_task: asyncio.Task[None] | None = None
     _not_serving_reasons: list[str] = field(default_factory=list)
-    signals: SignalRecorder | None = None  # flushes per-version signals to Redis while running
-    shadow: ShadowObserver | None = None
 
     @classmethod
     def build(
@@ -132,68 +67,52 @@ class Sidecar:
         backend: InferenceBackend | None = None,
         tracer_provider: TracerProvider | None = None,
     ) -> Sidecar:
-        store = FlagStore(snapshot_file=settings.snapshot_file)
-        provider = tracer_provider or build_tracer_provider()
-        backend = backend or build_backend(settings)
-        metrics = SidecarMetrics()
-        metrics.watch_store(store)
-        breaker = CircuitBreaker(
-            threshold=settings.breaker_threshold,
-            cool_down_s=settings.breaker_cool_down_s,
-            max_open_s=settings.breaker_max_open_s,
-        )
-        metrics.watch_breaker(breaker)
-        readiness = VersionReadiness()
-        metrics.watch_readiness(readiness.unready, readiness.known)
-        events = EventRecording.build(settings, store)  # exposures and Track (sidecar.events)
-        events.watch(metrics.registry)
-        signals = build_signal_recorder(settings, metrics)
-        shadow = ShadowObserver(
-            store,
-            backend,
-            ShadowMetrics(metrics.registry),
-            recorder=signals,
-            timeout_s=settings.shadow_timeout_s,
-        )
-        observer = build_observers(
-            metrics,
-            provider,
-            tracing=tracer_provider is not None or tracing_enabled(),
-            trace_user_id=settings.trace_user_id,
-            signals=signals,
-            extra=(shadow, *events.observers),
-        )
-        router = Router(
-            store,
-            backend,
-            named_backends=build_named_backends(settings),
-            observer=observer,
-            budget=RetryBudget(
-                ratio=settings.retry_budget_ratio, min_per_s=settings.retry_budget_min_per_s
-            ),
-            breaker=breaker,
-            policy=FallbackPolicy(attempt_share=settings.attempt_share),
-            readiness=readiness,
-            unflagged=UnflaggedPolicy(
-                stable=settings.stable_versions(),
-                passthrough=settings.unflagged == "passthrough",
-            ),
-            default_timeout_s=settings.default_timeout_s,
-            max_in_flight=settings.max_in_flight,
-        )
-        return cls(
-            settings,
-            store,
-            build_source(settings, store),
-            backend,
-            router,
-            provider,
-            metrics,
-            readiness,
-            events=events,
-            signals=signals,
-            shadow=shadow,
-        )
+        return cls(RequestPath.build(settings, backend=backend, tracer_provider=tracer_provider))
+
+    # The request path's parts, by the names the server (and its tests) always used.
+    @property
+    def settings(self) -> Settings:
+        return self.path.settings
+
+    @property
+    def store(self) -> FlagStore:
+        return self.path.store
+
+    @property
+    def source(self) -> FlagSource:
+        return self.path.source
+
+    @property
+    def backend(self) -> InferenceBackend:
+        return self.path.backend
+
+    @property
+    def router(self) -> Router:
+        return self.path.router
+
+    @property
+    def tracer_provider(self) -> TracerProvider:
+        return self.path.tracer_provider
+
+    @property
+    def metrics(self) -> SidecarMetrics:
+        return self.path.metrics
+
+    @property
+    def readiness(self) -> VersionReadiness:
+        return self.path.readiness
+
+    @property
+    def events(self) -> EventRecording:
+        return self.path.events
+
+    @property
+    def signals(self) -> SignalRecorder | None:
+        return self.path.signals
+
+    @property
+    def shadow(self) -> ShadowObserver:
+        return self.path.shadow
 
     def _rules(self) -> SubjectRules:
         s = self.settings
@@ -207,18 +126,7 @@ class Sidecar:
         )
 
     async def start(self) -> str:
-        await self.backend.start()
-        for named in self.router.backends.values():
-            if named is not self.backend:
-                await named.start()  # lazy channels: a named backend may come up later
-        if self.settings.bootstrap_flags is not None:
-            FileFlagSource(self.settings.bootstrap_flags, self.store).reload()
-            self.store.mark_stale(f"serving bootstrap flags from {self.settings.bootstrap_flags}")
-        await self.source.start()
-        if self.events is not None:
-            await self.events.start()
-        if self.signals is not None:
-            self.signals.start()
+        await self.path.start()
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
             interceptors=(ErrorInterceptor(self._count_error),),
@@ -278,11 +186,7 @@ class Sidecar:
         if not backend_ready:
             reasons.append(f"backend {self.backend.name} not ready")
         snapshot = self.store.snapshot
-        unready = await self.readiness.refresh(
-            self.router.backends,
-            flag_targets(snapshot, self.settings.stable_versions()),
-            on_ready_again=self.router.breaker.reset,
-        )
+        unready = await self.path.refresh_readiness()
         has_routes = (
             len(snapshot) > 0  # an invalid document alone loads nothing
             or bool(self.settings.stable)
@@ -347,13 +251,4 @@ class Sidecar:
             await asyncio.sleep(delay)  # not synchronisation: the documented drain window
         if self.server is not None:
             await self.server.stop(self.settings.grace_s if grace is None else grace)
-        if self.shadow is not None:  # before the backend closes under its calls
-            await self.shadow.close()
-        if self.signals is not None:  # after the last request: its second is flushed too
-            await self.signals.close()
-        await self.source.close()
-        if self.events is not None:
-            await self.events.close()  # writes what is buffered
-        for backend in self.router.backends.values():
-            await backend.close()
-        self.tracer_provider.shutdown()
+        await self.path.close()

@@ -25,9 +25,14 @@ from sidecar.plan import Hop
 
 
 class TracingObserver(Observer):
-    def __init__(self, tracer: Tracer, *, trace_user_id: bool = False) -> None:
+    def __init__(
+        self, tracer: Tracer, *, trace_user_id: bool = False, kind: SpanKind = SpanKind.SERVER
+    ) -> None:
+        """``kind``: the request span's, SERVER in the sidecar; INTERNAL when the request path
+        runs inside the app (:mod:`inproc`), whose own span is then its parent."""
         self._tracer = tracer
         self._trace_user_id = trace_user_id
+        self._kind = kind
 
     def _server_span(self, exchange: Exchange, attributes: dict[str, Any]) -> Span:
         if self._trace_user_id and exchange.subject.id:
@@ -35,7 +40,7 @@ class TracingObserver(Observer):
         return self._tracer.start_span(
             f"{exchange.rpc} {exchange.model}",
             context=tm.extract_context(exchange.metadata),
-            kind=SpanKind.SERVER,
+            kind=self._kind,
             attributes=attributes,
         )
 

@@ -23,6 +23,7 @@ SNIPPETS = [
     pytest.param(code, id=f"{doc}#{i}")
     for doc in ("README.md", "docs/api.md")
     for i, code in enumerate(python_blocks(ROOT / doc))
+    if "InProcessClient" not in code  # no sidecar: test_inproc_snippets.py runs those
 ]
 
 
