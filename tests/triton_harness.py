@@ -62,7 +62,12 @@ class TritonPythonModel:
 
     def execute(self, requests):
         if self.fail_file and os.path.exists(self.fail_file):
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")) for _ in requests]
+            with open(self.fail_file) as f:
+                action = f.read().split()
+            if action[:1] == ["sleep"]:  # "sleep S": a slow version instead of a failing one
+                time.sleep(float(action[1]))
+            else:
+                return [pb_utils.InferenceResponse(error=pb_utils.TritonError("injected failure")) for _ in requests]
         if self.sleep_s:
             time.sleep(self.sleep_s)
         responses = []
@@ -108,7 +113,8 @@ def build_python_backend_repository(
 ) -> Path:
     """Write ``dest/digits`` serving ``triton_models/digits/<v>/model.onnx`` for ``versions``;
     ``delays`` makes a version sleep that many seconds per batch (a slow candidate);
-    ``fail_files`` makes a version fail every request while that file exists."""
+    ``fail_files`` makes a version fail every request while that file exists (or, when the file
+    says ``sleep S``, answer S seconds late)."""
     source = MODELS / MODEL_NAME
     model_dir = dest / MODEL_NAME
     for version in versions:

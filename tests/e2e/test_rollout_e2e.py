@@ -125,3 +125,20 @@ def test_two_controllers_one_acts_and_the_standby_resumes_after_the_leader_is_ki
     assert steps == [1, 5, 20, 50, 100]
     spec = stack.admin.get("digits").spec
     assert spec is not None and spec.default_variant == "candidate"
+
+
+def test_a_slow_candidate_is_rolled_back_by_the_latency_rule(stack: Stack) -> None:
+    """v2 turns 50 ms slow (v1 answers in about a millisecond): p99 far above 1.5x the control's
+    and 2 ms more; no error, so only the latency rule can fire. Last in the module: its slow
+    samples stay in the shared stack's 300 s window."""
+    log = stack.workdir / "controller-slow.log"
+    controller = ControllerProcess(stack.redis.url, "slow", log)
+    try:
+        trial = rollback_trial(stack, timeout=90, fault="sleep 0.05")
+    finally:
+        controller.stop()
+    assert trial.seconds <= 20.0, log_tail(log)
+    assert trial.user_errors == 0
+    assert candidate_share(stack) == 0.0
+    assert {f["rule"] for f in trial.evidence["fired"]} == {"max_p99_latency_ratio"}
+    print(f"time to rollback (slow candidate): {trial.seconds:.2f} s")
