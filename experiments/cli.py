@@ -221,6 +221,15 @@ db_option = click.option(
     help="The DuckDB file (env TRAFFICSPLIT_EXPERIMENTS_DB).",
 )
 
+flags_file_option = click.option(
+    "--flags-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the flag from this file instead of Redis (the embedded demo).",
+)
+include_mixed_option = click.option(
+    "--include-mixed", is_flag=True, help="Keep users exposed to several variants."
+)
+
 
 @experiments.command()
 @db_option
@@ -293,12 +302,8 @@ def _stats_json(stats: Stats) -> dict[str, Any]:
 @experiments.command()
 @click.argument("flag")
 @db_option
-@click.option(
-    "--flags-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the flag from this file instead of Redis (the embedded demo).",
-)
-@click.option("--include-mixed", is_flag=True, help="Keep users exposed to several variants.")
+@flags_file_option
+@include_mixed_option
 @flags_cli.json_option
 @flags_cli.pass_ctx
 def summary(

@@ -21,7 +21,7 @@ import click
 from redis.exceptions import RedisError
 from rich.console import Console
 
-from experiments.cli import db_option
+from experiments.cli import db_option, flags_file_option, include_mixed_option
 from experiments.data import experiment_data
 from experiments.events.sinks import EventKeys
 from experiments.ingest import IngestReport, ingest_file, ingest_redis
@@ -109,12 +109,8 @@ def make_report(
     help="Also ingest a sidecar's --events-file first (repeatable).",
 )
 @click.option("--no-redis", is_flag=True, help="Read no Redis: neither events nor the flag.")
-@click.option(
-    "--flags-file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the flag from this file instead of Redis (the embedded demo).",
-)
-@click.option("--include-mixed", is_flag=True, help="Keep users exposed to several variants.")
+@flags_file_option
+@include_mixed_option
 @flags_cli.json_option
 @flags_cli.pass_ctx
 def report(
