@@ -145,17 +145,24 @@ class Stack:
 
 
 def rollout_flag(
-    hold_s: float, min_requests: int | None, share: float = 0.0, golden: bool = False
+    hold_s: float,
+    min_requests: int | None,
+    share: float = 0.0,
+    golden: bool = False,
+    guardrails: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The demo flag, ramped by the controller, with the default guardrails (and ``min_requests``
-    lowered when given, so a healthy ramp's 1 % step passes in seconds); with ``golden``, the
-    controller runs the golden set before the first step."""
+    lowered when given, so a healthy ramp's 1 % step passes in seconds; ``guardrails`` overrides
+    more); with ``golden``, the controller runs the golden set before the first step."""
     doc: dict[str, Any] = json.loads(DIGITS_FLAG.read_text())
     doc.update(
         rules=[],
         allocation={"coverage": 100, "split": {"control": 100 - share, "candidate": share}},
         ramp={"variant": "candidate", "steps": STEPS, "hold_seconds": hold_s},
-        guardrails={} if min_requests is None else {"min_requests": min_requests},
+        guardrails={
+            **({} if min_requests is None else {"min_requests": min_requests}),
+            **(guardrails or {}),
+        },
     )
     doc.pop("shadow", None)
     if golden:
@@ -217,6 +224,7 @@ def start_rollout(
     min_requests: int | None = 10,
     at_step: int = -1,
     golden: bool = False,
+    guardrails: dict[str, Any] | None = None,
 ) -> None:
     """A fresh flag and a pending rollout (what `flagctl rollout start` writes).
 
@@ -226,7 +234,7 @@ def start_rollout(
     st.fail_file.unlink(missing_ok=True)
     wait(lambda: not circuit_open(st), timeout=30, what="the candidate's circuit to cool down")
     share = STEPS[at_step] if at_step >= 0 else 0.0
-    doc = rollout_flag(hold_s, min_requests, share, golden)
+    doc = rollout_flag(hold_s, min_requests, share, golden, guardrails)
     st.admin.apply(parse_flag(doc), reason="trial", force=True)
     st.admin.client.delete(state_key(RedisKeys(PREFIX), "digits"))
     now = time.time()

@@ -65,7 +65,9 @@ def test_a_candidate_failing_at_the_5_percent_step_is_rolled_back_within_10_s(
 def test_two_controllers_one_acts_and_the_standby_resumes_after_the_leader_is_killed(
     stack: Stack,
 ) -> None:
-    start_rollout(stack, hold_s=1.0, min_requests=10)
+    # What is tested is the lease and the hand-over; the latency rule is off, so a tail-latency
+    # spike of a loaded test machine cannot roll the healthy candidate back mid-test.
+    start_rollout(stack, hold_s=1.0, min_requests=10, guardrails={"max_p99_latency_ratio": None})
     logs = stack.workdir
     ttl = ["--lease-ttl", "2"]
     a = ControllerProcess(stack.redis.url, "a", logs / "controller-a.log", *ttl)
