@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,3 +125,25 @@ class BackgroundLoop:
 
     async def _run(self) -> None:
         raise NotImplementedError
+
+
+async def drive(
+    call: Callable[[int], Awaitable[object]], total: int, limit_s: float, concurrency: int
+) -> tuple[int, float]:
+    """``total`` calls ``call(i)`` from ``concurrency`` tasks (after a warm-up of two per task),
+    or fewer if ``limit_s`` runs out: (count, seconds)."""
+    await asyncio.gather(*(call(i) for i in range(concurrency * 2)))  # warm-up
+    done = 0
+    deadline = time.monotonic() + limit_s
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        i = offset
+        while done < total and time.monotonic() < deadline:
+            await call(i)
+            done += 1
+            i += concurrency
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return done, time.perf_counter() - started

@@ -35,7 +35,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as triton_aio
 
 from bench import inproc
-from bench.common import tree_cpu_seconds
+from bench.common import drive, tree_cpu_seconds
 from bench.report import Metric, PartReport, percentile
 from bench.servers import DIGITS_FLAG, naive_proxy, nginx, sidecar, stack
 from flags.compiled import CompiledFlag
@@ -139,21 +139,7 @@ async def concurrency_n(endpoint: Endpoint, total: int, limit_s: float) -> tuple
     """``total`` requests from 16 tasks, or fewer if ``limit_s`` runs out: (count, seconds)."""
     call, close = endpoint.async_call()
     try:
-        await asyncio.gather(*(call(i) for i in range(CONCURRENCY * 2)))  # warm-up
-        done = 0
-        deadline = time.monotonic() + limit_s
-
-        async def worker(offset: int) -> None:
-            nonlocal done
-            i = offset
-            while done < total and time.monotonic() < deadline:
-                await call(i)
-                done += 1
-                i += CONCURRENCY
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(CONCURRENCY)))
-        return done, time.perf_counter() - start
+        return await drive(call, total, limit_s, CONCURRENCY)
     finally:
         await close()
 

@@ -17,7 +17,6 @@ The sidecar rows of each part use the same flag, so their recording is the same.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+from bench.common import drive
 from bench.servers import DIGITS_FLAG, PREFIX
 from flags.compiled import CompiledFlag
 from flags.evaluation import Subject
@@ -143,21 +143,7 @@ async def throughput(
 ) -> tuple[int, float]:
     """``total`` requests from ``concurrency`` tasks, or fewer if ``limit_s`` runs out."""
     async with open_call(path, **open_args) as call:
-        await asyncio.gather(*(call(i) for i in range(concurrency * 2)))  # warm-up
-        done = 0
-        deadline = time.monotonic() + limit_s
-
-        async def worker(offset: int) -> None:
-            nonlocal done
-            i = offset
-            while done < total and time.monotonic() < deadline:
-                await call(i)
-                done += 1
-                i += concurrency
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        return done, time.perf_counter() - started
+        return await drive(call, total, limit_s, concurrency)
 
 
 def pixels() -> Any:
