@@ -273,11 +273,17 @@ def short_window_attempts(st: Stack) -> int:
     return int((verdict.get("candidate_short") or {}).get("attempts") or 0)
 
 
-def rollback_trial(st: Stack, *, timeout: float = 60.0, fault: str = "") -> Trial:
+def rollback_trial(
+    st: Stack,
+    *,
+    timeout: float = 60.0,
+    fault: str = "",
+    guardrails: dict[str, Any] | None = None,
+) -> Trial:
     """A rollout at its 5 % step (as the controller leaves it; the flag's default guardrails and
     a 10 min hold), healthy until the short window is full, then v2 breaks: measured until the
     rollback's flag write. ``fault``: "" fails every v2 request; "sleep S" makes v2 S s slow."""
-    start_rollout(st, hold_s=600.0, min_requests=None, at_step=1)
+    start_rollout(st, hold_s=600.0, min_requests=None, at_step=1, guardrails=guardrails)
     errors_before = len(st.load.errors)
     healthy = 0.8 * st.load.rate * STEPS[1] / 100 * 10  # 80 % of 10 s at the candidate's rate
     wait(lambda: short_window_attempts(st) >= healthy, timeout=timeout, what="10 s of traffic")

@@ -47,7 +47,9 @@ def test_a_candidate_failing_at_the_5_percent_step_is_rolled_back_within_10_s(
     log = stack.workdir / "controller-fail.log"
     controller = ControllerProcess(stack.redis.url, "solo", log)
     try:
-        trial = rollback_trial(stack, timeout=90)
+        # The error rules are under test here (the latency rule has its own test below): with
+        # it off, a tail-latency spike of a loaded 2-core machine cannot decide first.
+        trial = rollback_trial(stack, timeout=90, guardrails={"max_p99_latency_ratio": None})
     finally:
         controller.stop()
     assert trial.seconds <= 10.0, log_tail(log)
