@@ -65,3 +65,26 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def run_flagctl(
+    capsys: Any, *args: str, url: str, prefix: str, actor: str = "ci"
+) -> tuple[int, str, str]:
+    """flagctl (every registered verb) in this process, fast: no interpreter start per call.
+    ``capsys`` is pytest's fixture; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from flagctl import main as flagctl_main
+
+    argv = ["flagctl", "--redis-url", url, "--prefix", prefix, "--actor", actor, *args]
+    capsys.readouterr()
+    old, sys.argv = sys.argv, argv
+    try:
+        flagctl_main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err

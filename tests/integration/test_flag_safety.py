@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from servers import RedisServer, wait_until
-from support import digits_flag
+from support import digits_flag, run_flagctl
 
 from flags import StoreAuthError, parse_flag
 from flags.admin import FlagAdmin
-from flags.cli import main as flagctl_main
 from flags.redis_conn import sync_client
 from flags.redis_keys import RedisKeys
 from flags.schema import MAX_REVISION
@@ -35,19 +33,7 @@ FIXTURES = sorted(p.name for p in BROKEN.glob("*.json"))
 def flagctl(
     capsys: pytest.CaptureFixture[str], *args: str, url: str, prefix: str
 ) -> tuple[int, str, str]:
-    """flagctl in this process (fast: no interpreter start per call); (exit code, out, err)."""
-    argv = ["flagctl", "--redis-url", url, "--prefix", prefix, "--actor", "ci", *args]
-    capsys.readouterr()
-    old, sys.argv = sys.argv, argv
-    try:
-        flagctl_main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_flagctl(capsys, *args, url=url, prefix=prefix)
 
 
 def issue_lines(stderr: str) -> list[str]:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Any
 
 import pytest
 from servers import RedisServer
-from support import digits_flag
+from support import digits_flag, run_flagctl
 
-from flagctl import main as flagctl_main
 from flags import parse_flag
 from flags.admin import FlagAdmin
 from flags.mutations import share
@@ -24,18 +22,7 @@ pytestmark = pytest.mark.redis
 def flagctl(
     capsys: pytest.CaptureFixture[str], url: str, prefix: str, *args: str
 ) -> tuple[int, str, str]:
-    argv = ["flagctl", "--redis-url", url, "--prefix", prefix, "--actor", "ops", *args]
-    capsys.readouterr()
-    old, sys.argv = sys.argv, argv
-    try:
-        flagctl_main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_flagctl(capsys, *args, url=url, prefix=prefix, actor="ops")
 
 
 @pytest.fixture
